@@ -1,0 +1,3 @@
+from llorch.cli import main
+
+main()

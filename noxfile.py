@@ -1,0 +1,134 @@
+"""CI and developer sessions. ``nox -s verify`` is what CI runs (README, .ci/run); the other
+sessions are its steps, runnable alone. Budgets per session live in ci/budgets.yaml (D21).
+
+Every session installs the project as a regular (non-editable) wheel, as a user would (D2).
+Test runs write results JSON into out/results/, which ``trace`` turns into the report and gate.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import nox
+
+nox.options.default_venv_backend = "uv|virtualenv"
+nox.options.reuse_existing_virtualenvs = True
+nox.options.sessions = ["verify"]
+
+ROOT = Path(__file__).parent
+RESULTS = ROOT / "out" / "results"
+PYTEST = ["python", "-m", "pytest", "-q", "-p", "no:cacheprovider"]
+os.environ.setdefault("PACT_DO_NOT_TRACK", "true")
+
+
+def _install(session: nox.Session) -> None:
+    session.install(".[dev]")
+
+
+def _pytest(session: nox.Session, name: str, *args: str) -> None:
+    """Run pytest writing out/results/<name>.json; exit code 5 (nothing collected) is a failure
+    unless the run was meant to be optional, because a suite that collects nothing proves nothing."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    session.run(*PYTEST, f"--llorch-results={RESULTS / (name + '.json')}",
+                f"--junitxml={RESULTS / (name + '.xml')}", *args, *session.posargs)
+
+
+def _lint(session: nox.Session) -> None:
+    session.run("ruff", "check", ".")
+    session.run("python", "-m", "mypy", "-p", "llorch")
+    session.run("python", "-m", "llorch.tools.layering")
+
+
+def _specs(session: nox.Session) -> None:
+    session.run("python", "-m", "llorch", "spec", "extract", "--check")
+
+
+def _contracts(session: nox.Session) -> None:
+    session.run("python", "-m", "llorch", "contracts", "check")
+
+
+def _unit(session: nox.Session) -> None:
+    _pytest(session, "unit", "tools/tests", "reference/tests", "llorch/tests")
+
+
+def _suites(session: nox.Session) -> None:
+    _pytest(session, "suites", "harness", "-p", "no:randomly")
+
+
+def _trace(session: nox.Session) -> None:
+    session.run("python", "-m", "llorch", "trace", "report", "--results", str(RESULTS),
+                "--out", "out/trace", "--gate")
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """ruff, mypy over the installed package, and the import-layering check."""
+    _install(session)
+    _lint(session)
+
+
+@nox.session
+def specs(session: nox.Session) -> None:
+    """Extract requirements/*.yaml from specs/ and fail if the checked-in maps differ."""
+    _install(session)
+    _specs(session)
+
+
+@nox.session
+def contracts(session: nox.Session) -> None:
+    """Regenerate stubs, OpenAPI, config schema; fail on drift; classify changes vs. the baseline."""
+    _install(session)
+    _contracts(session)
+
+
+@nox.session
+def unit(session: nox.Session) -> None:
+    """Unit and property tests of tools/ and reference/ internals."""
+    _install(session)
+    _unit(session)
+
+
+@nox.session
+def suites(session: nox.Session) -> None:
+    """The harness suites against the embedded reference, over the wire."""
+    _install(session)
+    _suites(session)
+
+
+@nox.session
+def trace(session: nox.Session) -> None:
+    """Write out/trace/ from the maps and out/results/, and apply the gate (D9)."""
+    _install(session)
+    _trace(session)
+
+
+@nox.session
+def verify(session: nox.Session) -> None:
+    """Everything CI needs, in order, ending with the trace gate."""
+    if RESULTS.exists():
+        shutil.rmtree(RESULTS)
+    _install(session)
+    _lint(session)
+    _specs(session)
+    _contracts(session)
+    _unit(session)
+    _suites(session)
+    _trace(session)
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """Benchmarks (pytest-benchmark JSON in out/bench/): relay overhead vs. the engine reached directly."""
+    _install(session)
+    out = ROOT / "out" / "bench"
+    out.mkdir(parents=True, exist_ok=True)
+    session.run("python", "-m", "llorch.reference.bench", "--out", str(out / "bench.json"), *session.posargs)
+
+
+@nox.session
+def conform(session: nox.Session) -> None:
+    """The main job: `llorch conform` against an embedded reference (writes out/conform/<run-id>/)."""
+    _install(session)
+    session.run("python", "-m", "llorch", "conform", *session.posargs)
