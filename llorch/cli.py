@@ -19,16 +19,16 @@ from llorch import __version__
 COMMANDS: dict[str, str] = {
     "spec": "llorch.tools.cli:spec",
     "trace": "llorch.tools.cli:trace",
-    "contracts": "llorch.tools.cli:contracts",
+    "contracts": "llorch.tools.contracts.cli:contracts",
     "serve": "llorch.reference.cli:serve",
     "adapter": "llorch.reference.cli:adapter",
     "submit": "llorch.reference.cli:submit",
     "tasks": "llorch.reference.cli:tasks",
     "pools": "llorch.reference.cli:pools",
     "stats": "llorch.reference.cli:stats",
-    "conform": "llorch.harness.cli:conform",
-    "determinism": "llorch.harness.cli:determinism",
-    "bundle": "llorch.harness.cli:bundle",
+    "conform": "llorch.harness.conform.cli:conform",
+    "determinism": "llorch.harness.determinism.cli:determinism",
+    "bundle": "llorch.harness.determinism.cli:bundle",
 }
 
 HELP = {
