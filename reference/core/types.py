@@ -109,9 +109,12 @@ class Started:
 
 @dataclass(frozen=True, slots=True)
 class TokenOut:
+    """``index`` of the first token carried; ``count`` tokens, texts concatenated (coalescing)."""
+
     index: int
     text: str
     token_id: int = -1
+    count: int = 1
 
 
 @dataclass(frozen=True, slots=True)
