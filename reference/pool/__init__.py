@@ -1,0 +1,1 @@
+"""Pools of worker replicas: registry, probing, slot leases, drain, atomic reload (``registry.py``)."""

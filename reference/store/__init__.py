@@ -1,0 +1,1 @@
+"""The embedded SQLite store of tasks, events, usage and sessions (``sqlite.py``)."""
