@@ -104,7 +104,7 @@ def _level_of(text: str) -> str:
 
 
 def requirement_index() -> dict[str, RequirementInfo]:
-    """ID → profile and level, from the requirement maps (``requirements/*.yaml``) or the specs."""
+    """ID → profile and level, from the requirement maps (``requirements/*.yaml``), then the specs."""
     from llorch import resources
 
     out: dict[str, RequirementInfo] = {}
@@ -121,9 +121,7 @@ def requirement_index() -> dict[str, RequirementInfo]:
             except (OSError, yaml.YAMLError):
                 continue
             _collect(data, out)
-    if out:
-        return out
-    try:
+    try:  # the specs fill in what the maps lack (maps not yet regenerated after a spec edit)
         spec_dir = resources.specs_dir()
     except RuntimeError:
         return out
@@ -131,7 +129,7 @@ def requirement_index() -> dict[str, RequirementInfo]:
     for path in sorted(spec_dir.glob("*.md")):
         for text in path.read_text(encoding="utf-8").splitlines():
             m = line.match(text)
-            if m:
+            if m and m.group(1) not in out:
                 out[m.group(1)] = RequirementInfo(m.group(2), _level_of(m.group(3)))
     return out
 
@@ -186,7 +184,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         items[:] = keep
 
 
-@pytest.hookimpl(optionalhook=True)
+@pytest.hookimpl(optionalhook=True, tryfirst=True)
 def pytest_bdd_apply_tag(tag: str, function: Any) -> bool | None:
     """``@QUE-1003`` on a scenario becomes ``@pytest.mark.req("QUE-1003")`` (D7)."""
     if REQ_ID.fullmatch(tag):
