@@ -93,6 +93,7 @@ def serve(config_path: Path | None, host: str | None, grpc_port: int | None, htt
     from llorch.reference.server.app import BoundAddresses
     from llorch.reference.server.app import serve as run
     from llorch.reference.server.security import InsecureBindError, MissingTokenError
+    from llorch.reference.store.sqlite import StoreError
 
     logging.basicConfig(level=log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -124,6 +125,9 @@ def serve(config_path: Path | None, host: str | None, grpc_port: int | None, htt
         _fail(str(exc))
     except LlorchError as exc:
         _fail(exc.message)
+    except StoreError as exc:
+        # req: PER-1014 (the message names the store's path)
+        _fail(str(exc))
     except OSError as exc:
         _fail(f"cannot start: {exc}")
     except KeyboardInterrupt:

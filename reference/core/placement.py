@@ -10,7 +10,8 @@ and asks it. The steps, each narrowing the candidates, and the answer when nothi
    keeps replicas reporting determinism — none: DETERMINISM_UNSUPPORTED; ``pin_replica`` keeps that
    replica — absent: POOL_UNAVAILABLE;
 4. ready, non-draining pools with a ready replica — none: ``Wait`` if an allowed pool is reloading,
-   POOL_UNAVAILABLE if all are draining, POOL_UNREADY otherwise;
+   POOL_UNREADY otherwise (a draining pool exists but has no replica open to new work, as the
+   proto's POOL_UNREADY says; POOL_UNAVAILABLE is kept for constraints that exclude every pool);
 5. ``prefer_pools``, in order: the first preferred pool still in the running is the only target;
    when none is, every remaining pool is (a fallback chain, then any other allowed pool);
 6. replicas of the target with a free slot — none: ``Wait`` (not an error: the task stays queued);
@@ -136,13 +137,10 @@ class Snapshot:
         if not live:
             if any(p.reloading for p in allowed):
                 return Wait("an allowed pool is reloading")
-            if all(p.draining for p in allowed):
-                # req: SCH-1202
-                return _Refusal(Unavailable, ErrorCode.POOL_UNAVAILABLE,
-                                f"every pool allowed for model {model!r} is draining")
+            detail = ("every pool allowed for model {!r} is draining" if all(p.draining for p in allowed)
+                      else "no ready replica in the pools allowed for model {!r}")
             # req: SCH-1013
-            return _Refusal(Unavailable, ErrorCode.POOL_UNREADY,
-                            f"no ready replica in the pools allowed for model {model!r}")
+            return _Refusal(Unavailable, ErrorCode.POOL_UNREADY, detail.format(model))
 
         # req: SCH-1004, SCH-1005
         by_id = {p.pool_id: rs for p, rs in live}

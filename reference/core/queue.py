@@ -11,6 +11,11 @@ Ordering guarantee of ``pop_nowait(eligible)``: it returns the oldest task of th
 among the tasks for which ``eligible(payload)`` is true. An ineligible task (its pools are all busy)
 keeps its place and blocks nobody; among eligible tasks, FIFO within a class holds.
 
+``requeue_nowait`` puts a popped task back at the *head* of its class (an engine refused it after
+dispatch, POOL-1014): it was the class's oldest eligible task, so it goes first again. It counts as
+the least recently enqueued task for ``drop-lru``, and a full queue refuses it (``QueueFull``)
+rather than evicting a task for it.
+
 Full policies (``FullPolicy``), when a push finds ``capacity`` tasks queued:
 
 - ``reject``: the newcomer is refused (``QueueFull``, code ``ADMISSION_REJECT``).
@@ -84,6 +89,7 @@ class QueueStatistics:
     evicted_total: int
     rejected_total: int
     dispatch_interval_ms: int
+    requeued_total: int = 0
 
 
 @dataclass(slots=True)
@@ -130,9 +136,11 @@ class TaskQueue(Generic[T]):
         self._classes: dict[Priority, OrderedDict[str, _Entry[T]]] = {p: OrderedDict() for p in PRIORITIES}
         self._where: dict[str, Priority] = {}
         self._seq = itertools.count()
+        self._front_seq = itertools.count(-1, -1)  # requeued entries sort before every pushed one
         self._rate = DispatchRate(initial_dispatch_interval_ms)
         self._max_retry_after_ms = max_retry_after_ms
         self._enqueued = self._popped = self._removed = self._evicted = self._rejected = 0
+        self._requeued = 0
 
     # ---- reading ---------------------------------------------------------------------------
 
@@ -188,7 +196,7 @@ class TaskQueue(Generic[T]):
             depth_by_priority=MappingProxyType({p: len(self._classes[p]) for p in PRIORITIES}),
             enqueued_total=self._enqueued, popped_total=self._popped, removed_total=self._removed,
             evicted_total=self._evicted, rejected_total=self._rejected,
-            dispatch_interval_ms=self._rate.interval_ms,
+            dispatch_interval_ms=self._rate.interval_ms, requeued_total=self._requeued,
         )
 
     # ---- writing ---------------------------------------------------------------------------
@@ -211,6 +219,25 @@ class TaskQueue(Generic[T]):
         self._where[task_id] = priority
         self._enqueued += 1
         return Pushed(position=len(cls) - 1, evicted=evicted)
+
+    def requeue_nowait(self, task_id: str, payload: T, priority: Priority = Priority.NORMAL) -> None:
+        """Put a popped task back at the head of ``priority``'s class.
+
+        Raises ``QueueFull`` when the queue is full (the queue is then unchanged): a requeued task
+        never evicts another.
+        """
+        # req: POOL-1014
+        priority = Priority(priority)
+        if task_id in self._where:
+            raise ValueError(f"task {task_id} is already queued")
+        if len(self._where) >= self._capacity:
+            raise QueueFull(f"queue full ({self._capacity} tasks queued): cannot requeue {task_id}",
+                            policy=self._policy, retry_after_ms=self.retry_after_ms())
+        cls = self._classes[priority]
+        cls[task_id] = _Entry(next(self._front_seq), payload)
+        cls.move_to_end(task_id, last=False)
+        self._where[task_id] = priority
+        self._requeued += 1
 
     def _make_room(self, newcomer: Priority) -> Evicted[T]:
         victim: tuple[Priority, str] | None = None

@@ -75,6 +75,21 @@ class Sessions:
         self._created += 1
         return self._view(session_id, state)
 
+    def restore(self, session: Session, ttl_ms: int) -> None:
+        """Put back a session as the store kept it (after a restart), counters and expiry unchanged.
+
+        Not a creation: ``created_total`` does not move, and a session already expired or spent is
+        restored as such (its next turn is refused) until a sweep forgets it.
+        """
+        # req: PER-1013
+        if session.session_id in self._sessions:
+            raise ValueError(f"session {session.session_id} already exists")
+        if ttl_ms < 1 or session.max_turns < 1 or session.turns_used < 0 or session.tokens_used < 0:
+            raise ValueError("a restored session needs a positive TTL and turn limit, non-negative counters")
+        self._sessions[session.session_id] = _State(
+            session.tenant, ttl_ms, session.max_turns, session.expires_ms,
+            min(session.turns_used, session.max_turns), session.tokens_used)
+
     @staticmethod
     def _view(session_id: str, state: _State) -> Session:
         return Session(session_id, state.tenant, state.expires_ms, state.turns_used, state.max_turns,

@@ -6,9 +6,14 @@ task reaches exactly one terminal state and never leaves it. Time is passed in (
 never reads a clock, so tests drive it with a fake one.
 
     QUEUED ──dispatch──▶ DISPATCHED ──start──▶ STREAMING ──complete──▶ COMPLETED
-      │ cancel/fail/expire   │ cancel/fail         │ cancel/fail
-      ▼                      ▼                     ▼
-    CANCELLED | FAILED | EXPIRED (queued only)
+      ▲ │ cancel/fail/expire │ │ cancel/fail       │ cancel/fail
+      │ ▼                    │ ▼                   ▼
+      │ CANCELLED | FAILED | EXPIRED (queued only)
+      └────────requeue───────┘
+
+The one backward move, ``requeue`` (DISPATCHED → QUEUED), is for an engine that answered
+REPLICA_EXHAUSTED before the task started (POOL-1014): nothing was streamed, so the task can wait
+for another slot instead of failing.
 """
 
 from __future__ import annotations
@@ -19,11 +24,13 @@ from types import MappingProxyType
 from llorch.reference.core.types import TaskRecord, TaskRequest, TaskState
 from llorch.reference.errors import ErrorCode, ErrorInfo, InternalError
 
-# req: QUE-1002
+# req: QUE-1250
 TRANSITIONS: Mapping[TaskState, frozenset[TaskState]] = MappingProxyType({
     TaskState.QUEUED: frozenset({TaskState.DISPATCHED, TaskState.CANCELLED, TaskState.FAILED,
                                  TaskState.EXPIRED}),
-    TaskState.DISPATCHED: frozenset({TaskState.STREAMING, TaskState.CANCELLED, TaskState.FAILED}),
+    # DISPATCHED → QUEUED: the requeue after REPLICA_EXHAUSTED (POOL-1014)
+    TaskState.DISPATCHED: frozenset({TaskState.STREAMING, TaskState.QUEUED, TaskState.CANCELLED,
+                                     TaskState.FAILED}),
     TaskState.STREAMING: frozenset({TaskState.COMPLETED, TaskState.CANCELLED, TaskState.FAILED}),
     TaskState.COMPLETED: frozenset(),
     TaskState.CANCELLED: frozenset(),
@@ -140,6 +147,18 @@ class Task:
         self._move(TaskState.DISPATCHED, now_ms)
         self.pool_id = pool_id
         self.replica_id = replica_id
+
+    def requeue(self, now_ms: int) -> None:
+        """The engine refused the dispatched task (REPLICA_EXHAUSTED) before starting it: wait again.
+
+        The placement is forgotten and so is the dispatch time, so a later dispatch measures
+        ``queue_wait_ms`` from acceptance as usual (SCH-1016).
+        """
+        # req: POOL-1014
+        self._move(TaskState.QUEUED, now_ms)
+        del self._timestamps[TaskState.DISPATCHED]
+        self.pool_id = ""
+        self.replica_id = ""
 
     def start(self, now_ms: int, tokens_in: int = 0) -> None:
         """The engine accepted the generation; the ``started`` event goes out."""

@@ -61,6 +61,9 @@ class Replica:
     engine_total_slots: int = 0
     info: EngineInfo | None = None
     detail: str = "not probed yet"
+    exhausted: bool = False
+    """The engine answered REPLICA_EXHAUSTED despite a free lease: believe it (no free slot) until a
+    lease on this replica is released or a props probe reports a free slot (POOL-1014)."""
 
     @property
     def total_slots(self) -> int:
@@ -71,6 +74,8 @@ class Replica:
 
     @property
     def free_slots(self) -> int:
+        if self.exhausted:
+            return 0
         return max(0, self.total_slots - self.slots.leased)
 
     def status(self) -> ReplicaStatus:
@@ -84,13 +89,21 @@ class Replica:
 class Lease:
     """One slot on one replica, held by one task; ``release`` is idempotent."""
 
-    __slots__ = ("_pool", "_released", "replica", "task_id")
+    __slots__ = ("_pool", "_refused", "_released", "replica", "task_id")
 
     def __init__(self, pool: Pool, replica: Replica, task_id: str) -> None:
         self._pool = pool
         self.replica = replica
         self.task_id = task_id
         self._released = False
+        self._refused = False
+
+    def refused(self) -> None:
+        """The engine answered REPLICA_EXHAUSTED for this lease: count the replica full until another
+        lease on it is released or a probe sees a free slot (this one's release proves nothing)."""
+        # req: POOL-1014
+        self._refused = True
+        self.replica.exhausted = True
 
     @property
     def pool_id(self) -> str:
@@ -123,7 +136,9 @@ class Pool:
     replicas: dict[str, Replica]
     on_change: Callable[[], None]
     generation: int = 0
-    draining: bool = False
+    draining: bool = False  # set by a drain, cleared only by a successful reload (POOL-1251)
+    drains_in_progress: int = 0  # drains not answered yet: a reload meanwhile is refused
+    drains_started: int = 0  # a drain asked for during a reload outlives that reload
     reloading: bool = False
     leases: dict[str, Lease] = field(default_factory=dict)  # task id -> lease
     _released: asyncio.Event = field(default_factory=asyncio.Event)
@@ -179,6 +194,8 @@ class Pool:
 
     def _release(self, lease: Lease) -> None:
         lease.replica.slots.leased -= 1
+        if not lease._refused:
+            lease.replica.exhausted = False  # a slot the engine itself will see free
         if self.leases.get(lease.task_id) is lease:
             del self.leases[lease.task_id]
         self._released.set()
@@ -266,6 +283,9 @@ class PoolRegistry:
                     if replica.info is None:
                         replica.info = await replica.adapter.engine_info()  # req: POOL-1010
                     replica.engine_total_slots = props.total_slots
+                    if replica.exhausted and props.free_slots > 0:
+                        replica.exhausted = False
+                        self._changed()
             ok, detail = health.ready, health.detail
         except Exception as exc:  # any probe failure counts; the replica stays registered
             ok, detail = False, f"probe failed: {type(exc).__name__}: {exc}"
@@ -313,11 +333,19 @@ class PoolRegistry:
     # ---- drain -----------------------------------------------------------------------------------
 
     def start_drain(self, pool_id: str) -> Pool:
+        """Flag the pool draining; pair with ``end_drain`` once the drain has answered."""
         # req: POOL-1015
         pool = self.get(pool_id)
         pool.draining = True
+        pool.drains_in_progress += 1
+        pool.drains_started += 1
         self._changed()
         return pool
+
+    @staticmethod
+    def end_drain(pool: Pool) -> None:
+        """The drain has answered: the pool stays draining, but a reload may now bring it back."""
+        pool.drains_in_progress -= 1
 
     # ---- reload ----------------------------------------------------------------------------------
 
@@ -326,16 +354,18 @@ class PoolRegistry:
         """Build a new replica set for ``model``, probe it, swap atomically; roll back on failure.
 
         Returns (success, rolled_back, error). The pool accepts no new placement while reloading;
-        tasks queued meanwhile stay queued (POOL-1024). Old adapters are closed once idle.
+        tasks queued meanwhile stay queued (POOL-1024). Old adapters are closed once idle. A drained
+        pool (its drain answered) may be reloaded, with its current model or another: success ends
+        the drain, so a reload is how a drained pool comes back without a restart.
         """
         pool = self.get(pool_id)
-        if pool.draining or pool.reloading:
-            # req: POOL-1023
-            raise Conflict(f"pool {pool_id} is {'draining' if pool.draining else 'reloading'}")
+        self._refuse_busy(pool)
         if model not in set(known_models):
             # req: POOL-1025
             return False, False, ErrorInfo(ErrorCode.MODEL_NOT_FOUND, f"unknown model {model!r}")
         async with self._reload_lock:
+            self._refuse_busy(pool)  # again: a drain or reload may have begun while this one waited
+            drains_before = pool.drains_started
             pool.reloading = True
             self._changed()
             new: dict[str, Replica] = {}
@@ -348,7 +378,7 @@ class PoolRegistry:
                     elif rep.info is not None and rep.info.model != model:
                         failures.append(f"{rep.replica_id}: engine serves {rep.info.model!r}")
                 if failures:
-                    # req: POOL-1021
+                    # req: POOL-1021, POOL-1252 (the drain flag is left as it was)
                     await asyncio.gather(*(r.adapter.aclose() for r in new.values()), return_exceptions=True)
                     return False, True, ErrorInfo(ErrorCode.ENGINE_ERROR,
                                                   "reload failed, rolled back: " + "; ".join(failures))
@@ -357,6 +387,8 @@ class PoolRegistry:
                 pool.replicas = new
                 pool.model = model
                 pool.generation += 1
+                if pool.drains_started == drains_before:  # no drain was asked for meanwhile
+                    pool.draining = False  # req: POOL-1251 (a failed reload leaves it drained: POOL-1252)
                 self._retire(pool, old)
                 return True, False, None
             except Exception as exc:
@@ -365,6 +397,12 @@ class PoolRegistry:
             finally:
                 pool.reloading = False
                 self._changed()
+
+    @staticmethod
+    def _refuse_busy(pool: Pool) -> None:
+        if pool.drains_in_progress or pool.reloading:
+            # req: POOL-1250
+            raise Conflict(f"pool {pool.pool_id} is {'reloading' if pool.reloading else 'draining'}")
 
     def _retire(self, pool: Pool, old: list[Replica]) -> None:
         """Close the old adapters once the tasks still running on them have ended."""

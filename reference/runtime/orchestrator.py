@@ -31,12 +31,13 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 from llorch.reference.adapters.base import GenEnd, GenerateRequest, GenStarted, GenToken
+from llorch.reference.adapters.mock import prompt_tokens as mock_prompt_tokens
 from llorch.reference.config import Config
 from llorch.reference.core.admission import AdmissionLimits, Admitted, Admitter
 from llorch.reference.core.budgets import BudgetPolicy, RateLimiter, RatePolicy, TokenBudgets
 from llorch.reference.core.placement import Placed, PoolView, ReplicaView, Snapshot
 from llorch.reference.core.queue import QueueFull, TaskQueue, WouldBlock
-from llorch.reference.core.sessions import Sessions
+from llorch.reference.core.sessions import Session, Sessions
 from llorch.reference.core.task import Task
 from llorch.reference.core.types import (
     Admission,
@@ -85,7 +86,9 @@ from llorch import __version__
 log = logging.getLogger("llorch.runtime")
 
 API_VERSION = "v1"
+_COUNTED = "_llorch_rejection_counted"  # set on an error once ``tasks_rejected_total`` counted it
 HOUSEKEEPING_INTERVAL_S = 60.0
+MAX_REQUEUES = 3  # REPLICA_EXHAUSTED answers a task may get before it fails with that code
 SESSION_GRACE_MS = 3_600_000  # an expired session answers SESSION_EXPIRED this long before it is forgotten
 
 
@@ -105,6 +108,7 @@ class _Run:
     timer: asyncio.TimerHandle | None = None  # queued deadline
     disconnect: asyncio.TimerHandle | None = None
     subscribers: int = 0
+    requeues: int = 0  # times an engine refused it with REPLICA_EXHAUSTED (POOL-1014)
     first_token_at: float | None = None  # monotonic seconds
     last_token_at: float | None = None
     accepted_at: float = 0.0
@@ -194,12 +198,22 @@ class Orchestrator:
             self.sweep(wall_ms())
 
     def sweep(self, now_ms: int) -> None:
+        """Housekeeping at ``now_ms``: expired sessions, stale idempotency keys, tasks past retention."""
         for session_id in self.sessions.sweep(now_ms, SESSION_GRACE_MS):
             self._session_created.pop(session_id, None)
             self.store.delete_session(session_id)
         oldest = now_ms - self.config.runtime.idempotency_retention_ms
         for key in [k for k, (_, _, at) in self._idempotency.items() if at < oldest]:
             del self._idempotency[key]
+        # req: PER-1006
+        cutoff = now_ms - self.config.store.retention_ms
+        while self._finished:
+            task_id, old = next(iter(self._finished.items()))
+            if old.task.finished_ms >= cutoff:
+                break  # finish order: every later one is younger
+            del self._finished[task_id]
+            self._finished_events -= len(old.log)
+        self.store.prune(cutoff)
 
     # ---- helpers ---------------------------------------------------------------------------------
 
@@ -237,7 +251,27 @@ class Orchestrator:
 
     # ---- submit ----------------------------------------------------------------------------------
 
+    def count_rejection(self, error: LlorchError) -> None:
+        """Count one rejected submit (MET-1011), once per error, wherever it was raised.
+
+        The orchestrator counts what ``submit`` refuses; an edge calls this from its one error path
+        for submits it refused before they got here (malformed, unauthenticated, too large). The
+        error is marked so that the edge's call for an error ``submit`` already counted is a no-op.
+        """
+        if getattr(error, _COUNTED, False):
+            return
+        setattr(error, _COUNTED, True)
+        # req: MET-1011
+        self.metrics.rejected(error.code.value, backpressure=isinstance(error, Overloaded))
+
     async def submit(self, request: TaskRequest, identity: Identity) -> Admission:
+        try:
+            return await self._submit(request, identity)
+        except LlorchError as exc:
+            self.count_rejection(exc)
+            raise
+
+    async def _submit(self, request: TaskRequest, identity: Identity) -> Admission:
         if not self._started or self._closing:
             raise Unavailable("the orchestrator is not serving (starting or shutting down)",
                               code=ErrorCode.POOL_UNREADY)
@@ -248,20 +282,16 @@ class Orchestrator:
             if existing is not None:
                 return existing
         snapshot = self._snapshot()
-        try:
-            admitted = self.admitter.admit(request, identity, now, snapshot=snapshot)
-        except LlorchError as exc:
-            self.metrics.rejected(exc.code.value, backpressure=isinstance(exc, Overloaded))
-            raise
+        admitted = self.admitter.admit(request, identity, now, snapshot=snapshot,
+                                       prompt_tokens=self._prompt_tokens(request))
         task_id = uuid.uuid4().hex  # req: ADM-1003, PER-1011
         task = Task(task_id, admitted.request, tenant, now)
         run = _Run(task=task, log=EventLog(task_id, self.store.append_events), admitted=admitted,
                    accepted_at=time.monotonic())
         try:
             pushed = self.queue.push_nowait(task_id, run, request.priority)
-        except QueueFull as exc:
+        except QueueFull:
             self.admitter.abort(admitted, now)
-            self.metrics.rejected(exc.code.value, backpressure=True)
             raise
         self._runs[task_id] = run
         self.store.insert_task(task.record(), request.idempotency_key)
@@ -285,6 +315,19 @@ class Orchestrator:
         self._schedule_dispatch()
         await self.store.flush()  # req: PER-1002
         return Admission(task_id, pushed.position, predicted)
+
+    def _prompt_tokens(self, request: TaskRequest) -> int | None:
+        """The prompt's token count for the budget reservation, where it is known before dispatch.
+
+        Every pool serving the model runs the mock engine, whose count is a pure function of the
+        prompt: reserve exactly that. Otherwise (remote or real engines: the adapter protocol has
+        no tokenize call) None, and admission reserves the UTF-8 byte count, an upper bound (BUD-1250).
+        """
+        # req: BUD-1002, BUD-1250
+        pools = [p for p in self.registry.pools.values() if p.model == request.model]
+        if pools and all(p.engine == "mock" for p in pools):
+            return mock_prompt_tokens(request.prompt)
+        return None
 
     async def _idempotent(self, request: TaskRequest, tenant: str, now: int) -> Admission | None:
         # req: ADM-1023, ADM-1024
@@ -433,7 +476,8 @@ class Orchestrator:
             # req: ADM-1026
             self._fail(run, DeadlineUnmet(f"deadline of {req.deadline_ms} ms passed while running").info())
         except LlorchError as exc:
-            self._fail(run, exc.info())
+            if not (exc.code is ErrorCode.REPLICA_EXHAUSTED and self._requeue(run, lease)):
+                self._fail(run, exc.info())
         except asyncio.CancelledError:
             if not task.terminal:
                 self._terminate(run, CancelledEvent("shutdown"), lambda: task.cancel(wall_ms(), "shutdown"))
@@ -443,6 +487,37 @@ class Orchestrator:
             self._fail(run, InternalError(f"internal error: {type(exc).__name__}").info())
         finally:
             lease.release()  # req: POOL-1012
+
+    def _requeue(self, run: _Run, lease: Lease) -> bool:
+        """The engine refused a leased, not yet started task (REPLICA_EXHAUSTED): queue it again at
+        the head of its class rather than fail it. False when it cannot be (it started already, it
+        was requeued ``MAX_REQUEUES`` times, or the queue is full): the caller fails it then.
+
+        The replica is taken at its word (no free slot) until a lease on it is released or a probe
+        sees a free slot, so the task does not bounce straight back onto it.
+        """
+        # req: POOL-1014
+        task = run.task
+        if task.state is not TaskState.DISPATCHED or run.requeues >= MAX_REQUEUES:
+            return False
+        try:
+            self.queue.requeue_nowait(task.task_id, run, task.request.priority)
+        except QueueFull:
+            return False
+        lease.refused()
+        run.requeues += 1
+        now = wall_ms()
+        task.requeue(now)
+        run.lease = None
+        run.runner = None  # this runner is ending; a cancel now only has to leave the queue
+        self.store.update_progress(task.record())
+        deadline_at = task.deadline_at_ms
+        if deadline_at is not None:
+            run.timer = asyncio.get_running_loop().call_later(max(0.0, (deadline_at - now) / 1000),
+                                                              self._expire, run)
+        log.info("task %s requeued: replica %s/%s is exhausted", task.task_id, lease.pool_id,
+                 lease.replica_id)
+        return True
 
     def _complete(self, run: _Run, end: GenEnd) -> None:
         task = run.task
@@ -659,18 +734,21 @@ class Orchestrator:
     async def drain_pool(self, pool_id: str, identity: Identity, deadline_ms: int = 0) -> DrainResult:
         self._require_admin(identity)
         pool = self.registry.start_drain(pool_id)
-        deadline = (deadline_ms or self.config.runtime.drain_deadline_ms) / 1000  # req: POOL-1019
-        running = [self._runs[t] for t in list(pool.leases) if t in self._runs]
-        self._schedule_dispatch()  # queued tasks may now go elsewhere (POOL-1018)
-        # req: POOL-1016, POOL-1017
-        await pool.wait_idle(deadline)
-        cancelled = 0
-        for run in running:
-            if not run.task.terminal:
-                await self._cancel_run(run, "drain")
-                cancelled += 1
-        await asyncio.gather(*(r.done.wait() for r in running))
-        await pool.wait_idle(self.config.runtime.cancel_grace_ms / 1000)
+        try:
+            deadline = (deadline_ms or self.config.runtime.drain_deadline_ms) / 1000  # req: POOL-1019
+            running = [self._runs[t] for t in list(pool.leases) if t in self._runs]
+            self._schedule_dispatch()  # queued tasks may now go elsewhere (POOL-1018)
+            # req: POOL-1016, POOL-1017
+            await pool.wait_idle(deadline)
+            cancelled = 0
+            for run in running:
+                if not run.task.terminal:
+                    await self._cancel_run(run, "drain")
+                    cancelled += 1
+            await asyncio.gather(*(r.done.wait() for r in running))
+            await pool.wait_idle(self.config.runtime.cancel_grace_ms / 1000)
+        finally:
+            self.registry.end_drain(pool)  # a reload may now bring the drained pool back (POOL-1251)
         return DrainResult(pool_id=pool_id, finished=len(running) - cancelled, cancelled=cancelled)
 
     async def reload_pool(self, pool_id: str, model: str, identity: Identity) -> ReloadResult:
@@ -686,13 +764,11 @@ class Orchestrator:
     # ---- sessions --------------------------------------------------------------------------------
 
     def _restore_session(self, row: SessionRow) -> None:
-        """Rebuild a stored session through the core's public moves (create, turns, usage)."""
+        """Put a stored session back into the core as it was (PER-1013)."""
         # req: PER-1013
-        ttl = max(1, row.expires_ms - row.created_ms)
-        self.sessions.create(row.session_id, row.tenant, row.created_ms, ttl, row.max_turns)
-        for _ in range(min(row.turns_used, row.max_turns)):
-            self.sessions.record_turn(row.session_id, row.tenant, row.created_ms)
-        self.sessions.add_usage(row.session_id, row.tokens_used)
+        self.sessions.restore(Session(row.session_id, row.tenant, row.expires_ms, row.turns_used,
+                                      row.max_turns, row.tokens_used),
+                              ttl_ms=max(1, row.expires_ms - row.created_ms))
         self._session_created[row.session_id] = row.created_ms
 
     def _save_session(self, session_id: str, tenant: str) -> None:

@@ -398,6 +398,17 @@ class SqliteStore:
     def delete_session(self, session_id: str) -> None:
         self._enqueue(("sql", ("DELETE FROM sessions WHERE session_id = ?", (session_id,))))
 
+    def prune(self, finished_before_ms: int) -> None:
+        """Forget tasks that finished before ``finished_before_ms``, with their events (PER-1006).
+
+        Unfinished tasks are never pruned, and ``usage`` keeps its totals (``llorch stats``).
+        """
+        # req: PER-1006
+        finished = f"state IN {_TERMINAL_SQL} AND finished_ms < ?"
+        pruned = f"SELECT task_id FROM tasks WHERE {finished}"
+        self._enqueue(("sql", (f"DELETE FROM events WHERE task_id IN ({pruned})", (finished_before_ms,))))
+        self._enqueue(("sql", (f"DELETE FROM tasks WHERE {finished}", (finished_before_ms,))))
+
     async def sessions(self) -> list[SessionRow]:
         rows = await self._read(self._fetch_all, "SELECT * FROM sessions ORDER BY created_ms", ())
         return [SessionRow(r["session_id"], r["tenant"], r["created_ms"], r["expires_ms"], r["max_turns"],

@@ -110,11 +110,14 @@ def test_unready_pools_refuse_unless_one_is_reloading():
     assert isinstance(place(req(), [pool("a", 1, ready=False, reloading=True)]), Wait)
 
 
-@pytest.mark.req("SCH-1015", "SCH-1202")
-def test_draining_pools_take_nothing_new():
+@pytest.mark.req("SCH-1015", "SCH-1013")
+def test_draining_pools_take_nothing_new_and_all_draining_is_unready():
     pools = [pool("a", 4, draining=True), pool("b", 1)]
     assert place(req(), pools) == Placed("b", "b-r0")
-    assert code_of(req(), [pool("a", 4, draining=True)]) is ErrorCode.POOL_UNAVAILABLE
+    # A draining pool exists but has no replica open to new work: POOL_UNREADY, as the proto says.
+    assert code_of(req(), [pool("a", 4, draining=True)]) is ErrorCode.POOL_UNREADY
+    both = [pool("a", 4, draining=True), pool("b", 1, draining=True)]
+    assert code_of(req(), both) is ErrorCode.POOL_UNREADY
 
 
 @pytest.mark.req("ADM-1017")

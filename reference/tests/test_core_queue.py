@@ -26,6 +26,7 @@ class QueueModel(RuleBasedStateMachine):
         super().__init__()
         self.queue: TaskQueue[int] | None = None
         self.model: list[tuple[str, Priority]] = []
+        self.popped: list[tuple[str, Priority]] = []  # popped, not yet requeued
         self.next_id = 0
 
     @rule(capacity=st.integers(1, 6), policy=st.sampled_from(list(FullPolicy)))
@@ -89,7 +90,25 @@ class QueueModel(RuleBasedStateMachine):
         task_id, payload = self.queue.pop_nowait(eligible, now_ms=self.next_id)
         assert task_id == expected
         assert payload == ids[expected]
+        self.popped.append(next((t, p) for t, p in self.model if t == expected))
         self.model = [(t, p) for t, p in self.model if t != expected]
+
+    @precondition(lambda self: self.queue is not None and bool(self.popped))
+    @rule(data=st.data())
+    def requeue(self, data):
+        """An engine refused a popped task: it goes back at the head of its class, and counts as the
+        least recently enqueued; a full queue refuses it and stays as it was."""
+        assert self.queue is not None
+        task_id, priority = data.draw(st.sampled_from(self.popped))
+        self.popped.remove((task_id, priority))
+        payload = int(task_id[1:]) + 1
+        if len(self.model) >= self.capacity:
+            with pytest.raises(QueueFull):
+                self.queue.requeue_nowait(task_id, payload, priority)
+            return
+        self.queue.requeue_nowait(task_id, payload, priority)
+        self.model.insert(0, (task_id, priority))
+        assert self.queue.position(task_id) == 0
 
     @precondition(lambda self: self.queue is not None and bool(self.model))
     @rule(data=st.data())
@@ -118,7 +137,7 @@ class QueueModel(RuleBasedStateMachine):
 
 
 @pytest.mark.req("QUE-1005", "QUE-1006", "QUE-1007", "QUE-1009", "QUE-1011", "QUE-1012", "QUE-1013",
-                 "QUE-1014", "QUE-1018", "ADM-1005")
+                 "QUE-1014", "QUE-1018", "ADM-1005", "POOL-1014")
 def test_queue_agrees_with_the_list_model():
     run_state_machine_as_test(QueueModel, settings=settings(max_examples=120, stateful_step_count=30,
                                                             deadline=None))

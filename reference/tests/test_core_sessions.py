@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from llorch.reference.core.sessions import SessionExpired, Sessions
+from llorch.reference.core.sessions import Session, SessionExpired, Sessions
 from llorch.reference.errors import Conflict, ErrorCode, NotFound
 
 
@@ -89,3 +89,21 @@ def test_sweep_forgets_long_expired_sessions():
     assert sessions.sweep(now_ms=20, grace_ms=5) == ["old"]
     assert len(sessions) == 1
     assert sessions.statistics().created_total == 2
+
+
+@pytest.mark.req("PER-1013")
+def test_restore_puts_a_session_back_as_stored_without_creating_one():
+    sessions = Sessions(default_ttl_ms=1_000, default_max_turns=5)
+    sessions.restore(Session("s1", "acme", expires_ms=9_000, turns_used=2, max_turns=3, tokens_used=40),
+                     ttl_ms=8_000)
+    sessions.restore(Session("spent", "acme", expires_ms=9_000, turns_used=3, max_turns=3, tokens_used=0),
+                     ttl_ms=8_000)
+    assert sessions.get("s1", "acme") == Session("s1", "acme", 9_000, 2, 3, 40)
+    assert sessions.statistics().created_total == 0
+    assert sessions.record_turn("s1", "acme", 8_999).turns_used == 3  # the last turn left
+    with pytest.raises(SessionExpired):
+        sessions.check_turn("spent", "acme", 1_000)  # spent before the restart, still spent
+    with pytest.raises(ValueError):
+        sessions.restore(Session("s1", "acme", 9_000, 0, 3, 0), ttl_ms=8_000)
+    with pytest.raises(NotFound):
+        sessions.get("s1", "other")

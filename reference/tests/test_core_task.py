@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -31,14 +33,16 @@ def apply(task: Task, op: str, now_ms: int) -> None:
         task.fail(now_ms, ErrorInfo(ErrorCode.ENGINE_ERROR, "boom"))
     elif op == "expire":
         task.expire(now_ms)
+    elif op == "requeue":
+        task.requeue(now_ms)
     else:  # pragma: no cover
         raise AssertionError(op)
 
 
-OPS = ["dispatch", "start", "complete", "cancel", "fail", "expire"]
+OPS = ["dispatch", "start", "complete", "cancel", "fail", "expire", "requeue"]
 
 
-@pytest.mark.req("QUE-1001", "QUE-1002")
+@pytest.mark.req("QUE-1001", "QUE-1250")
 @settings(max_examples=200, deadline=None)
 @given(st.lists(st.tuples(st.sampled_from(OPS), st.integers(0, 10_000)), max_size=12))
 def test_random_transitions_reach_at_most_one_terminal_state_and_never_leave_it(steps):
@@ -59,9 +63,14 @@ def test_random_transitions_reach_at_most_one_terminal_state_and_never_leave_it(
     assert len(terminals) <= 1
     if terminals:
         assert seen[-1] == terminals[0]  # absorbing: nothing after it
-    # forward only: non-terminal states appear in their canonical order
+    # forward only, but for the requeue (dispatched → queued), and never back once started
     live = [s for s in seen if s not in TERMINAL_STATES]
-    assert live == ORDER[: len(live)]
+    assert live[0] is TaskState.QUEUED
+    for before, after in itertools.pairwise(live):
+        forward = ORDER.index(after) == ORDER.index(before) + 1
+        assert forward or (before, after) == (TaskState.DISPATCHED, TaskState.QUEUED)
+    if TaskState.STREAMING in live:
+        assert TaskState.QUEUED not in live[live.index(TaskState.STREAMING):]
 
 
 @pytest.mark.req("QUE-1001")
@@ -155,3 +164,21 @@ def test_failed_record_keeps_the_error():
     task.fail(1_010, error)
     assert task.record().error == error
     assert task.record().state is TaskState.FAILED
+
+
+@pytest.mark.req("QUE-1250", "POOL-1014", "SCH-1016")
+def test_requeue_forgets_the_placement_and_only_undoes_a_dispatch():
+    task = make_task(created_ms=100)
+    task.dispatch(130, "pool-a", "r1")
+    task.requeue(135)
+    record = task.record()
+    assert (record.state, record.pool_id, record.replica_id) == (TaskState.QUEUED, "", "")
+    assert task.queue_wait_ms == 0 and TaskState.DISPATCHED not in task.timestamps
+    task.dispatch(170, "pool-a", "r0")
+    assert task.queue_wait_ms == 70  # from acceptance, not from the requeue
+    task.start(180)
+    with pytest.raises(InvalidTransition):
+        task.requeue(190)  # tokens may have gone out: too late to go back
+    assert task.state is TaskState.STREAMING
+    with pytest.raises(InvalidTransition):
+        make_task().requeue(1_001)  # never dispatched

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from llorch.reference.adapters.base import GenerateRequest
 from llorch.reference.adapters.mock import ManualClock
 from llorch.reference.config import ModelConfig
 from llorch.reference.core.types import (
@@ -18,9 +19,9 @@ from llorch.reference.core.types import (
 )
 from llorch.reference.errors import Conflict, ErrorCode, NotFound, PermissionDenied, Unavailable
 from llorch.reference.pool.registry import PoolRegistry
-from llorch.reference.runtime.orchestrator import Orchestrator
+from llorch.reference.runtime.orchestrator import MAX_REQUEUES, Orchestrator
 
-from .runtime_support import ALICE, BOB, Engines, advance_until, collect, config, eventually
+from .runtime_support import ALICE, BOB, Engines, advance_until, check_grammar, collect, config, eventually
 
 pytestmark = pytest.mark.anyio
 
@@ -182,7 +183,7 @@ async def test_reload_switches_model_atomically_and_bumps_generation():
         assert orch.pool("p").free_slots == 1
 
 
-@pytest.mark.req("POOL-1021", "POOL-1025", "POOL-1023")
+@pytest.mark.req("POOL-1021", "POOL-1025")
 async def test_failed_or_unknown_reload_leaves_the_pool_unchanged():
     cfg = config(pools=[{"id": "p", "model": "m", "mock": {"loadable_models": ["m"]}}])
     cfg = cfg.model_copy(update={"models": _models("m", "m2")})
@@ -198,9 +199,45 @@ async def test_failed_or_unknown_reload_leaves_the_pool_unchanged():
         assert isinstance(events[-1].kind, Ended)
         with pytest.raises(PermissionDenied):
             await orch.reload_pool("p", "m", BOB)
-        await orch.drain_pool("p", ALICE, deadline_ms=1)
+
+
+@pytest.mark.req("POOL-1250")
+async def test_reload_is_refused_while_a_drain_has_not_answered_and_allowed_after():
+    clock = ManualClock()
+    async with Orchestrator(config(tokens_per_s=10), adapter_factory=Engines(clock)) as orch:
+        running = await orch.submit(task(max_tokens=5), ALICE)
+        await eventually(lambda: orch.pool("p").free_slots == 0)
+        drain = asyncio.create_task(orch.drain_pool("p", ALICE, deadline_ms=60_000))
+        await eventually(lambda: orch.pool("p").draining)
         with pytest.raises(Conflict):
             await orch.reload_pool("p", "m", ALICE)
+        await advance_until(clock, drain.done)
+        assert (await orch.wait_terminal(running.task_id)).state is TaskState.COMPLETED
+        assert (await orch.reload_pool("p", "m", ALICE)).success
+
+
+@pytest.mark.req("POOL-1251", "POOL-1252", "POOL-1018", "SCH-1013")
+async def test_a_reload_brings_a_drained_pool_back_and_runs_what_stayed_queued():
+    clock = ManualClock()
+    cfg = config(pools=[{"id": "p", "model": "m",
+                         "mock": {"tokens_per_s": 10, "ttft_ms": 0, "loadable_models": ["m"]}}])
+    cfg = cfg.model_copy(update={"models": _models("m", "m2")})
+    async with Orchestrator(cfg, adapter_factory=Engines(clock)) as orch:
+        await orch.submit(task(max_tokens=1000), ALICE)
+        await eventually(lambda: orch.pool("p").free_slots == 0)
+        waiting = await orch.submit(task(max_tokens=2, placement=Placement(pin_pool="p")), ALICE)
+        await orch.drain_pool("p", ALICE, deadline_ms=10)
+        with pytest.raises(Unavailable) as refused:
+            await orch.submit(task(max_tokens=2), ALICE)
+        assert refused.value.code is ErrorCode.POOL_UNREADY  # drained, not gone
+        failed = await orch.reload_pool("p", "m2", ALICE)  # the engine cannot load m2
+        assert not failed.success and orch.pool("p").draining and not orch.pool("p").ready
+        assert (await orch.get_task(waiting.task_id, ALICE)).state is TaskState.QUEUED
+        back = await orch.reload_pool("p", "m", ALICE)
+        assert back.success and not orch.pool("p").draining and orch.pool("p").ready
+        await advance_until(clock, lambda: orch._lookup(waiting.task_id).task.terminal)  # type: ignore[union-attr]
+        record = await orch.wait_terminal(waiting.task_id)
+        assert (record.state, record.pool_id) == (TaskState.COMPLETED, "p")
 
 
 def _models(*ids: str) -> list[ModelConfig]:
@@ -281,3 +318,43 @@ async def test_tasks_submitted_during_a_reload_wait_and_run_after_it():
         assert record.replica_id == "p-r0" and orch.pool("p").generation == 1
         new_adapter = engines.current("p-r0")
         assert during.task_id in [r.request_id for r in new_adapter.stats.requests]
+
+
+@pytest.mark.req("POOL-1014", "QUE-1250")
+async def test_a_task_the_engine_refuses_as_exhausted_is_requeued_not_failed():
+    clock = ManualClock()
+    engines = Engines(clock)
+    async with Orchestrator(config(tokens_per_s=10), adapter_factory=engines) as orch:
+        engine = engines.current("p-r0")
+        # Someone else uses the engine's only slot, unknown to the orchestrator's leases.
+        outside = engine.generate(GenerateRequest("outside", "m", "elsewhere", 1))
+        refused = await orch.submit(task(max_tokens=2), ALICE)
+        await eventually(lambda: orch._lookup(refused.task_id).requeues == 1)  # type: ignore[union-attr]
+        assert (await orch.get_task(refused.task_id, ALICE)).state is TaskState.QUEUED
+        assert orch.pool("p").free_slots == 0  # the engine is believed until it shows a free slot
+        await outside.aclose()  # type: ignore[attr-defined]
+        await orch.registry.probe_all()  # props now report the slot free
+        await advance_until(clock, lambda: orch._lookup(refused.task_id).task.terminal)  # type: ignore[union-attr]
+        record = await orch.wait_terminal(refused.task_id)
+        assert (record.state, record.pool_id, record.tokens_out) == (TaskState.COMPLETED, "p", 2)
+        events = await collect(orch, refused.task_id)
+        check_grammar(events)  # one queued event, then started, tokens, end: the retry is invisible
+        assert [r.request_id for r in engine.stats.requests] == ["outside", refused.task_id]
+
+
+@pytest.mark.req("POOL-1014")
+async def test_a_task_refused_again_and_again_fails_with_replica_exhausted():
+    engines = Engines(ManualClock())
+    async with Orchestrator(config(tokens_per_s=10), adapter_factory=engines) as orch:
+        engine = engines.current("p-r0")
+        outside = engine.generate(GenerateRequest("outside", "m", "elsewhere", 1))
+        refused = await orch.submit(task(max_tokens=2), ALICE)
+        replica = orch.registry.pools["p"].replicas["p-r0"]
+        for attempt in range(1, MAX_REQUEUES + 1):
+            await eventually(lambda n=attempt: orch._lookup(refused.task_id).requeues == n)  # type: ignore[misc,union-attr]
+            replica.exhausted = False  # as a release on the replica would: the orchestrator tries again
+            orch._schedule_dispatch()
+        record = await orch.wait_terminal(refused.task_id)
+        assert record.state is TaskState.FAILED
+        assert record.error is not None and record.error.code is ErrorCode.REPLICA_EXHAUSTED
+        await outside.aclose()  # type: ignore[attr-defined]

@@ -393,3 +393,22 @@ async def test_sweep_forgets_long_expired_sessions_and_old_idempotency_keys():
         assert ("alice", "old") not in orch._idempotency
         assert not [r for r in await orch.store.sessions() if r.session_id == s.session_id]
         assert (await orch.get_task(a.task_id, ALICE)).task_id == a.task_id
+
+
+@pytest.mark.req("BUD-1002", "BUD-1250")
+async def test_budget_reservation_counts_prompt_tokens_where_the_engines_can_tell():
+    prompt = "one two three"  # 3 tokens for the mock engine, 13 UTF-8 bytes
+    budget = {"default": {"tokens": 3 + 2}}  # exactly the prompt's tokens plus max_tokens
+    mock = config(budgets=budget)
+    async with Orchestrator(mock, adapter_factory=Engines(ManualClock())) as orch:
+        accepted = await orch.submit(TaskRequest("m", prompt, 2), ALICE)  # a byte bound would refuse
+        status = orch.admitter.budgets.status("alice", 0)
+        assert status.reserved + status.used == 5
+        await orch.wait_terminal(accepted.task_id)
+    # Remote engines offer no tokenizer: the reservation uses the byte count, an upper bound.
+    remote = config(budgets=budget, pools=[{"id": "p", "model": "m", "engine": "remote",
+                                            "replicas": [{"id": "p-r0", "address": "127.0.0.1:1"}]}])
+    async with Orchestrator(remote, adapter_factory=Engines(ManualClock())) as orch:
+        with pytest.raises(Overloaded) as refused:
+            await orch.submit(TaskRequest("m", prompt, 2), ALICE)
+        assert refused.value.code is ErrorCode.BUDGET_EXCEEDED

@@ -19,7 +19,7 @@ from llorch.reference.core.types import (
     TaskState,
     TokenOut,
 )
-from llorch.reference.errors import ErrorCode
+from llorch.reference.errors import ErrorCode, NotFound
 from llorch.reference.runtime.orchestrator import Orchestrator
 from llorch.reference.store.sqlite import SqliteStore, StoreError, TerminalStateConflict
 
@@ -164,3 +164,34 @@ async def _run_to_end(orch: Orchestrator, clock: ManualClock, task_id: str) -> l
     assert isinstance(events[-1].kind, Ended)
     await orch.wait_terminal(task_id)
     return events
+
+
+@pytest.mark.req("PER-1006")
+async def test_tasks_past_retention_are_pruned_and_then_not_found():
+    retention = 60_000
+    async with Orchestrator(config(store={"retention_ms": retention}), adapter_factory=Engines()) as orch:
+        old = await orch.submit(TaskRequest("m", "an old task", 2), ALICE)
+        finished = await orch.wait_terminal(old.task_id)
+        orch.sweep(finished.finished_ms + retention)  # not yet past retention
+        assert (await orch.get_task(old.task_id, ALICE)).state is TaskState.COMPLETED
+        orch.sweep(finished.finished_ms + retention + 1)
+        with pytest.raises(NotFound) as gone:
+            await orch.get_task(old.task_id, ALICE)
+        assert gone.value.code is ErrorCode.TASK_NOT_FOUND
+        assert await orch.store.events(old.task_id) == []
+        assert [u.tasks for u in await orch.store.usage()] == [1]  # stats keep their totals
+
+
+@pytest.mark.req("PER-1006")
+async def test_prune_never_removes_an_unfinished_task():
+    store = SqliteStore()
+    await store.open()
+    try:
+        store.insert_task(record("running"))
+        store.insert_task(record("done"))
+        await store.finish_task(record("done", TaskState.COMPLETED, finished_ms=5, finish_reason="stop"))
+        store.prune(10**12)
+        assert await store.get_task("done") is None
+        assert await store.get_task("running") is not None
+    finally:
+        await store.close()
