@@ -137,8 +137,8 @@ def token_at(key: bytes, index: int) -> tuple[int, str]:
 class _StopFilter:
     """Holds back tokens that might begin a stop sequence, so no stop text is ever emitted.
 
-    Stop sequences end generation at token granularity: the token completing a match and the
-    held-back tokens inside it are not emitted, nor is any text of a token that overlaps the match.
+    A match ends the output right before the stop sequence (OAI-1030): whole tokens before it are
+    emitted as they are, and a token in which the match begins is emitted cut to the text before it.
     """
 
     def __init__(self, stops: tuple[str, ...]) -> None:
@@ -159,11 +159,13 @@ class _StopFilter:
         if hits:
             cut = min(hits) - base  # offset of the match within the held text (may be < 0)
             out, pos = [], 0
-            for tok in self._held:
-                if pos + len(tok[1]) > cut:
+            for tok_id, tok_text in self._held:
+                if pos + len(tok_text) > cut:
+                    if cut > pos:  # req: OAI-1030 — the match begins inside this token
+                        out.append((tok_id, tok_text[: cut - pos]))
                     break
-                out.append(tok)
-                pos += len(tok[1])
+                out.append((tok_id, tok_text))
+                pos += len(tok_text)
             self._held = []
             return out, True
         # Emit every held token that ends before the longest suffix that could still start a stop.
