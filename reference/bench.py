@@ -11,6 +11,16 @@ concurrent streams. Reported per surface and concurrency:
   system CPU time during the phase, read from ``/proc``), and the wall-clock token rates of both;
 - RSS per 10,000 queued tasks (a separate orchestrator whose one slot is busy).
 
+Two engine speeds: unpaced (as fast as the machine allows: ``relay``/``summary``, where the
+tokens-per-CPU-second figure means something, but where the added TTFT at high concurrency is
+mostly queueing behind saturated CPUs) and a real engine's per-stream rate (``--paced-tokens-per-s``:
+``relay_paced_engine``/``summary_paced_engine``, closer to what a deployment sees; at 64 streams on
+a small machine the relay can still be CPU-bound there, which the load average column shows).
+
+Each concurrency level is measured ``--repeat`` times (baseline and surfaces back to back, so every
+ratio compares runs under the same machine load); ``summary`` holds the medians over the repeats,
+and every row records the 1-minute load average, since shared machines make single runs noisy.
+
 Servers run as subprocesses, so their CPU time is theirs alone; the load generator is this process.
 """
 
@@ -176,7 +186,7 @@ def _sse_stream(http: httpx.AsyncClient, max_tokens: int) -> StreamFn:
 
 
 async def _relay(adapter_address: str, orchestrator: Served, levels: list[int], rounds: int,
-                 max_tokens: int) -> list[dict[str, Any]]:
+                 max_tokens: int, repeat: int) -> list[dict[str, Any]]:
     from llorch.reference.adapters.remote import RemoteAdapter
     from llorch.reference.server.grpc.loadgen import OrchestratorLoad
 
@@ -193,7 +203,7 @@ async def _relay(adapter_address: str, orchestrator: Served, levels: list[int], 
     try:
         for fn in (direct, *surfaces.values()):  # warm up connections and code paths
             await _phase(fn, 2, 1)
-        for level in levels:
+        for rep, level in ((r, lv) for r in range(repeat) for lv in levels):
             base_ttft, base_tokens, base_wall = await _phase(direct, level, rounds)
             for surface, fn in surfaces.items():
                 cpu0 = cpu_seconds(orchestrator.pid)
@@ -201,7 +211,7 @@ async def _relay(adapter_address: str, orchestrator: Served, levels: list[int], 
                 cpu = max(cpu_seconds(orchestrator.pid) - cpu0, 1e-9)
                 t, b = _percentiles(ttft), _percentiles(base_ttft)
                 results.append({
-                    "surface": surface, "concurrency": level, "streams": level * rounds,
+                    "surface": surface, "concurrency": level, "repeat": rep, "streams": level * rounds,
                     "max_tokens": max_tokens,
                     "ttft_ms": t, "direct_ttft_ms": b,
                     "added_ttft_ms": {k: round(t[k] - b[k], 3) for k in ("p50", "p99", "mean")},
@@ -210,6 +220,7 @@ async def _relay(adapter_address: str, orchestrator: Served, levels: list[int], 
                     "tokens_per_s": round(tokens / wall, 1),
                     "direct_tokens_per_s": round(base_tokens / base_wall, 1),
                     "throughput_ratio_vs_direct": round((tokens / wall) / (base_tokens / base_wall), 3),
+                    "loadavg_1m": round(os.getloadavg()[0], 2),
                 })
                 row = results[-1]
                 print(f"  {surface:>10} x{level:<3} added TTFT p50 {row['added_ttft_ms']['p50']:8.2f} ms"
@@ -220,6 +231,26 @@ async def _relay(adapter_address: str, orchestrator: Served, levels: list[int], 
         await load.aclose()
         await adapter.aclose()
     return results
+
+
+def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Medians over the repeats of each (surface, concurrency): the figures to report."""
+    groups: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault((row["surface"], row["concurrency"]), []).append(row)
+
+    def median(values: list[float]) -> float:
+        return round(statistics.median(values), 3)
+
+    return [{
+        "surface": surface, "concurrency": level, "repeats": len(group),
+        "added_ttft_ms": {q: median([r["added_ttft_ms"][q] for r in group]) for q in ("p50", "p99")},
+        "ttft_ms": {q: median([r["ttft_ms"][q] for r in group]) for q in ("p50", "p99")},
+        "direct_ttft_ms": {q: median([r["direct_ttft_ms"][q] for r in group]) for q in ("p50", "p99")},
+        "tokens_per_orchestrator_cpu_s": median([r["tokens_per_orchestrator_cpu_s"] for r in group]),
+        "throughput_ratio_vs_direct": median([r["throughput_ratio_vs_direct"] for r in group]),
+        "loadavg_1m": median([r["loadavg_1m"] for r in group]),
+    } for (surface, level), group in groups.items()]
 
 
 async def _queued_rss(orchestrator: Served, tasks: int) -> dict[str, Any]:
@@ -246,25 +277,50 @@ async def _queued_rss(orchestrator: Served, tasks: int) -> dict[str, Any]:
             "mib_per_10k_queued": round((after - before) * 10_000 / tasks, 2)}
 
 
-def run(out: Path, levels: list[int], rounds: int, max_tokens: int, queued: int) -> dict[str, Any]:
-    report: dict[str, Any] = {
-        "schema": "llorch-bench/1", "llorch": __version__,
-        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "machine": {"python": platform.python_version(), "platform": platform.platform(),
-                    "cpus": os.cpu_count()},
-        "engine": {"kind": "mock", "tokens_per_s": 0, "served_by": "llorch adapter serve"},
-    }
+def _measure(levels: list[int], rounds: int, max_tokens: int, repeat: int,
+             engine_tokens_per_s: float) -> list[dict[str, Any]]:
+    """One ``llorch adapter serve`` at ``engine_tokens_per_s`` per stream, reached directly and
+    through one ``llorch serve`` (a remote pool pointing at it)."""
     slots = max(*levels, 2)  # the warm-up runs two streams at once
     with _served(["adapter", "serve", "--port", "0", "--model", MODEL, "--slots", str(slots),
-                  "--tokens-per-s", "0"]) as adapter:
+                  "--tokens-per-s", str(engine_tokens_per_s)]) as adapter:
         config = _config([{"id": "bench", "model": MODEL, "engine": "remote", "slots_per_replica": slots,
                            "replicas": [{"id": "bench-r0", "address": adapter.info["grpc"]}]}],
                          capacity=4 * slots * rounds)
         try:
             with _served(["serve", "--config", str(config), "--grpc-port", "0", "--http-port", "0"]) as orch:
-                report["relay"] = asyncio.run(_relay(adapter.info["grpc"], orch, levels, rounds, max_tokens))
+                rows = asyncio.run(_relay(adapter.info["grpc"], orch, levels, rounds, max_tokens, repeat))
         finally:
             config.unlink(missing_ok=True)
+    for row in rows:
+        row["engine_tokens_per_s"] = engine_tokens_per_s
+    return rows
+
+
+def run(out: Path, levels: list[int], rounds: int, max_tokens: int, queued: int, repeat: int = 3,
+        paced_tokens_per_s: float = 50.0, paced_max_tokens: int = 32) -> dict[str, Any]:
+    from llorch.reference.runtime.relay import TOKEN_FLUSH_INTERVAL_S
+
+    report: dict[str, Any] = {
+        "schema": "llorch-bench/2", "llorch": __version__,
+        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": {"python": platform.python_version(), "platform": platform.platform(),
+                    "cpus": os.cpu_count(), "loadavg_at_start": [round(x, 2) for x in os.getloadavg()]},
+        "relay_settings": {"token_flush_interval_ms": TOKEN_FLUSH_INTERVAL_S * 1000, "repeat": repeat,
+                           "rounds": rounds},
+        "engine": {"kind": "mock", "served_by": "llorch adapter serve"},
+    }
+    # Throughput: an engine as fast as the machine allows, so the relay's CPU cost per token shows.
+    print(f"unpaced engine, {max_tokens} tokens per stream", file=sys.stderr)
+    report["relay"] = _measure(levels, rounds, max_tokens, repeat, 0.0)
+    report["summary"] = summarise(report["relay"])
+    if paced_tokens_per_s > 0:
+        # Latency: an engine at a real engine's per-stream rate, so the added TTFT is the relay's
+        # own delay rather than queueing behind a saturated CPU.
+        print(f"engine at {paced_tokens_per_s:g} tokens/s per stream, {paced_max_tokens} tokens per stream",
+              file=sys.stderr)
+        report["relay_paced_engine"] = _measure(levels, rounds, paced_max_tokens, repeat, paced_tokens_per_s)
+        report["summary_paced_engine"] = summarise(report["relay_paced_engine"])
     config = _config([{"id": "bench", "model": MODEL, "engine": "mock", "slots_per_replica": 1,
                        "mock": {"tokens_per_s": 0.1, "ttft_ms": 0}}], capacity=queued + 16)
     try:
@@ -273,6 +329,7 @@ def run(out: Path, levels: list[int], rounds: int, max_tokens: int, queued: int)
     finally:
         config.unlink(missing_ok=True)
     report["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    report["machine"]["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
     return report
@@ -286,9 +343,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=4, help="streams per concurrent worker")
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("--queued", type=int, default=10_000, help="tasks queued for the RSS figure")
+    parser.add_argument("--repeat", type=int, default=3, help="measurements per concurrency level (medians)")
+    parser.add_argument("--paced-tokens-per-s", type=float, default=50.0,
+                        help="per-stream rate of the engine for the latency runs (0 skips them)")
+    parser.add_argument("--paced-max-tokens", type=int, default=32,
+                        help="tokens per stream in the latency runs")
     args = parser.parse_args(argv)
-    report = run(args.out, args.concurrency, args.rounds, args.max_tokens, args.queued)
-    print(json.dumps({"out": str(args.out), "queued_rss": report["queued_rss"]}))
+    report = run(args.out, args.concurrency, args.rounds, args.max_tokens, args.queued, args.repeat,
+                 args.paced_tokens_per_s, args.paced_max_tokens)
+    print(json.dumps({"out": str(args.out), "summary": report["summary"],
+                      "summary_paced_engine": report.get("summary_paced_engine"),
+                      "queued_rss": report["queued_rss"]}))
     return 0
 
 

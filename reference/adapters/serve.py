@@ -191,15 +191,23 @@ async def serve_adapter(adapter: Adapter, host: str = "127.0.0.1", port: int = 0
                         credentials: grpc.ServerCredentials | None = None,
                         health_interval_s: float = 1.0) -> AdapterServer:
     """Start serving ``adapter``; port 0 picks a free port (``AdapterServer.port``)."""
-    server = grpc.aio.server()
+    # A second server silently sharing a busy port (SO_REUSEPORT) would split the traffic.
+    server = grpc.aio.server(options=(("grpc.so_reuseport", 0),))
     health_servicer = health.aio.HealthServicer()
     _pb_grpc.add_WorkerAdapterServicer_to_server(WorkerAdapterServicer(adapter, health_servicer), server)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    bound = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
+    try:
+        bound = (server.add_secure_port(address, credentials) if credentials
+                 else server.add_insecure_port(address))
+    except RuntimeError as exc:  # grpc reports a failed bind (a busy port) as RuntimeError
+        bound = 0
+        reason = f": {exc}"
+    else:
+        reason = ""
     if bound == 0:
-        raise OSError(f"cannot bind the adapter server on {address}")
+        raise OSError(f"cannot bind the adapter server on {address}{reason}")
     handle = AdapterServer(adapter, server, health_servicer, host, bound, health_interval_s)
     await handle.start()
     return handle

@@ -8,6 +8,14 @@ token event has not yet been read by anyone (nor handed to the store) is merged 
 instead of a growing backlog, and a fast reader sees one event per token. An event becomes
 immutable the moment it is read or persisted, so every reader and the store agree on it.
 
+Pacing (STR-1350): new tokens become visible to readers at most once per ``flush_interval_s``. A
+token that arrives sooner is held (merged with those that follow) until the interval is over, so a
+fast engine costs each edge one socket write per interval instead of one per token, whether its
+reader is parked or busy writing the previous event; the first token, a token after a quiet
+interval, and every non-token event (the terminal one included) release everything at once, and
+so does the ``max_held_tokens``-th held token (one event stays small, and an engine driven by a
+manual clock in tests still yields a token event every so many tokens).
+
 The log closes with its terminal event; nothing can be appended after it, which is what makes
 cancel race-free: ``close`` and the check in ``append_token`` run on the one event loop.
 """
@@ -19,6 +27,12 @@ from collections.abc import Callable
 
 from llorch.reference.core.types import EventKind, TaskEvent, TokenOut
 
+#: New tokens become visible to readers at most once per this interval (measured in
+#: ``reference/bench.py``). An engine slower than 100 tokens/s per stream never waits for it.
+TOKEN_FLUSH_INTERVAL_S = 0.010
+#: ... or as soon as this many tokens are held.
+MAX_HELD_TOKENS = 32
+
 
 class LogClosed(Exception):
     """An append after the terminal event (the runtime drops the late event)."""
@@ -27,9 +41,12 @@ class LogClosed(Exception):
 class EventLog:
     """The events of one task, seq 0, 1, 2, … with coalescing of unread token events."""
 
-    __slots__ = ("_closed", "_events", "_frozen", "_persist", "_waiters", "task_id", "tokens_out")
+    __slots__ = ("_closed", "_events", "_flush_s", "_frozen", "_held", "_max_held", "_persist",
+                 "_released_at", "_timer", "_visible", "_waiters", "task_id", "tokens_out")
 
-    def __init__(self, task_id: str, persist: Callable[[list[TaskEvent]], None]) -> None:
+    def __init__(self, task_id: str, persist: Callable[[list[TaskEvent]], None], *,
+                 flush_interval_s: float = TOKEN_FLUSH_INTERVAL_S,
+                 max_held_tokens: int = MAX_HELD_TOKENS) -> None:
         self.task_id = task_id
         self._events: list[TaskEvent] = []
         self._frozen = 0  # events[:frozen] were read or persisted: never merged into again
@@ -37,6 +54,12 @@ class EventLog:
         self._waiters: list[asyncio.Future[None]] = []  # one per parked subscriber
         self._closed = False
         self.tokens_out = 0
+        self._flush_s = flush_interval_s
+        self._visible = 0  # events[:visible] may be read; the rest are held tokens (pacing)
+        self._held = 0  # tokens in events[visible:]
+        self._max_held = max_held_tokens
+        self._released_at = float("-inf")  # loop time at which held tokens were last released
+        self._timer: asyncio.TimerHandle | None = None  # the paced release of held tokens
 
     def __len__(self) -> int:
         return len(self._events)
@@ -46,10 +69,21 @@ class EventLog:
         return self._closed
 
     @property
+    def parked(self) -> int:
+        """Subscribers waiting in ``wait_beyond`` for the next event."""
+        return len(self._waiters)
+
+    @property
     def last_timestamp_ms(self) -> int:
         return self._events[-1].timestamp_ms if self._events else 0
 
-    def _wake(self) -> None:
+    def _release(self) -> None:
+        """Make every event visible and wake the parked subscribers."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._visible = len(self._events)
+        self._held = 0
         if self._waiters:
             waiters, self._waiters = self._waiters, []
             for waiter in waiters:
@@ -67,7 +101,7 @@ class EventLog:
             # req: STR-1002
             self._closed = True
         self.freeze()  # req: PER-1300 (only token events wait, to be merged; the rest is stored at once)
-        self._wake()
+        self._release()
         return event
 
     def append_token(self, text: str, token_id: int, now_ms: int) -> None:
@@ -84,7 +118,32 @@ class EventLog:
             # req: STR-1005
             events.append(TaskEvent(self.task_id, len(events), ts, TokenOut(self.tokens_out, text, token_id)))
         self.tokens_out += 1
-        self._wake()
+        if self._visible < len(events):
+            self._held += 1
+            if self._timer is None or self._held >= self._max_held:  # else it rides along
+                self._release_tokens()
+
+    def _release_tokens(self) -> None:
+        """Release the new tokens now, or once the interval since the last release is over."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no loop, hence no parked reader to pace
+            self._release()
+            return
+        now = loop.time()
+        due = self._released_at + self._flush_s
+        if now < due and self._held < self._max_held:
+            # req: STR-1350 (tokens arriving meanwhile merge into the held tail event)
+            if self._timer is None:
+                self._timer = loop.call_at(due, self._timed_release)
+            return
+        self._released_at = now
+        self._release()
+
+    def _timed_release(self) -> None:
+        self._timer = None
+        self._released_at = asyncio.get_running_loop().time()
+        self._release()
 
     def freeze(self, upto: int | None = None) -> None:
         """Make events[:upto] immutable and hand the newly frozen ones to the store (PER-1004)."""
@@ -95,15 +154,16 @@ class EventLog:
             self._frozen = end
 
     def read(self, cursor: int) -> list[TaskEvent]:
-        """Events from ``cursor`` on, frozen first so every reader sees the same ones."""
-        if cursor >= len(self._events):
+        """Visible events from ``cursor`` on, frozen first so every reader sees the same ones."""
+        end = self._visible
+        if cursor >= end:
             return []
-        self.freeze()
-        return self._events[cursor:]
+        self.freeze(end)
+        return self._events[cursor:end]
 
     async def wait_beyond(self, cursor: int) -> None:
-        """Return once the log has more than ``cursor`` events or is closed."""
-        while cursor >= len(self._events) and not self._closed:
+        """Return once more than ``cursor`` events are visible or the log is closed."""
+        while cursor >= self._visible and not self._closed:
             waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             self._waiters.append(waiter)
             await waiter

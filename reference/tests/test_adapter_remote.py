@@ -66,6 +66,14 @@ async def drain(it: AsyncIterator[object], clock: ManualClock) -> list[object]:
     return out
 
 
+@pytest.mark.req("ADP-1350")
+async def test_a_second_server_cannot_share_a_busy_port(served):
+    _, server, _, _ = served
+    with pytest.raises(OSError, match="cannot bind"):
+        second = await serve_adapter(MockAdapter("m"), "127.0.0.1", server.port)
+        await second.stop(0)  # pragma: no cover - only reached when the port was shared
+
+
 @pytest.mark.req("ADP-1012", "ADP-1013", "ADP-1030", "ADP-1300")
 async def test_remote_stream_equals_the_direct_stream(served):
     _, _, remote, clock = served
