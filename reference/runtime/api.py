@@ -7,7 +7,7 @@ this protocol. Every method raises ``LlorchError`` subclasses for client-visible
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -100,7 +100,7 @@ class UsageRow:
 class OrchestratorApi(Protocol):
     async def submit(self, request: TaskRequest, identity: Identity) -> Admission: ...
 
-    def events(self, task_id: str, identity: Identity, from_seq: int = 0) -> AsyncIterator[TaskEvent]:
+    def events(self, task_id: str, identity: Identity, from_seq: int = 0) -> AsyncGenerator[TaskEvent, None]:
         """Replays stored events from ``from_seq`` then follows live ones until the terminal event."""
         ...
 
@@ -123,7 +123,8 @@ class OrchestratorApi(Protocol):
 
     async def reload_pool(self, pool_id: str, model: str, identity: Identity) -> ReloadResult: ...
 
-    async def create_session(self, identity: Identity, ttl_ms: int = 0, max_turns: int = 0) -> SessionInfo: ...
+    async def create_session(self, identity: Identity, ttl_ms: int = 0,
+                             max_turns: int = 0) -> SessionInfo: ...
 
     async def get_session(self, session_id: str, identity: Identity) -> SessionInfo: ...
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 from llorch.reference.core.types import (
     CancelledEvent,
     Ended,
@@ -127,8 +129,8 @@ def task(record: TaskRecord) -> _pb.Task:
     return out
 
 
-def task_state(state: TaskState) -> int:
-    return _STATE_OUT[state]
+def task_state(state: TaskState) -> _pb.TaskState:
+    return cast("_pb.TaskState", _STATE_OUT[state])  # the stubs type enum values as their wrapper
 
 
 def pool(status: PoolStatus) -> _pb.Pool:

@@ -11,7 +11,7 @@ from typing import Any, TypeAlias
 
 import grpc
 from llorch.reference.core.types import Identity
-from llorch.reference.errors import InvalidParams
+from llorch.reference.errors import InvalidParams, LlorchError
 from llorch.reference.runtime.api import OrchestratorApi
 from llorch.reference.server import context as ctx
 from llorch.reference.server.grpc import convert
@@ -37,10 +37,17 @@ class OrchestratorServicer(_pb_grpc.OrchestratorServiceServicer):
 
     async def Submit(self, request: _pb.SubmitRequest, context: Context) -> _pb.SubmitResponse:
         try:
-            task_request = convert.submit_request(request)
-        except KeyError as exc:
-            raise InvalidParams(f"unknown enum value {exc}") from None
-        self._limits.check_prompt(task_request.prompt)
+            try:
+                task_request = convert.submit_request(request)
+            except KeyError as exc:
+                raise InvalidParams(f"unknown enum value {exc}") from None
+            self._limits.check_prompt(task_request.prompt)
+        except LlorchError as exc:
+            # Refused before the orchestrator saw it: still a rejected submit (MET-1011).
+            count = getattr(self._orch, "count_rejection", None)
+            if count is not None:
+                count(exc)
+            raise
         admission = await self._orch.submit(task_request, _identity())
         return _pb.SubmitResponse(task_id=admission.task_id, queue_position=admission.queue_position,
                                   predicted_start_ms=admission.predicted_start_ms,

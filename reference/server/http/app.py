@@ -44,6 +44,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Scope, Send
 
 from llorch import __version__
 
@@ -97,7 +98,39 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
+SUBMIT_PATHS = frozenset({"/v1/tasks", "/v1/completions", "/v1/chat/completions"})
+
+
+def count_rejected_submit(orchestrator: OrchestratorApi, method: str, path: str, error: LlorchError) -> None:
+    """A refused submit counts in ``tasks_rejected_total`` even when the edge refused it first.
+
+    The orchestrator's helper counts each error once, so the submits it refused itself (and already
+    counted) are not counted twice. Orchestrators without the helper (test doubles) are skipped.
+    """
+    if method != "POST" or path not in SUBMIT_PATHS or error.code is ErrorCode.INTERNAL:
+        return  # an internal failure is not a refusal
+    count = getattr(orchestrator, "count_rejection", None)
+    if count is not None:
+        # req: MET-1011
+        count(error)
+
+
+class _SubmitCountingBodyLimit(BodyLimitMiddleware):
+    """The body limit, counting a refused submit before it reaches the app (MET-1011)."""
+
+    def __init__(self, app: ASGIApp, max_body_bytes: int, orchestrator: OrchestratorApi) -> None:
+        super().__init__(app, max_body_bytes)
+        self.orchestrator = orchestrator
+
+    async def _refuse(self, scope: Scope, send: Send) -> None:
+        count_rejected_submit(self.orchestrator, scope.get("method", ""), scope.get("path", ""),
+                              InvalidParams("request body too large", code=ErrorCode.PAYLOAD_TOO_LARGE))
+        await super()._refuse(scope, send)
+
+
 def error_response(request: Request, error: LlorchError, param: str | None = None) -> JSONResponse:
+    """The one error path of the HTTP edge: the envelope (or OpenAI's shape) and the rejection count."""
+    count_rejected_submit(gateway(request).orchestrator, request.method, request.url.path, error)
     openai = is_openai_path(request.url.path)
     status, body, headers = http_error(error, ctx.correlation_id.get(), openai=openai, param=param)
     headers["X-Correlation-Id"] = ctx.correlation_id.get()
@@ -182,7 +215,8 @@ def create_app(orchestrator: OrchestratorApi, security: SecuritySettings | None 
                   responses=ERROR_RESPONSES)
     app.state.gateway = Gateway(orchestrator, security, metrics_registry)
     install_error_handlers(app)
-    app.add_middleware(BodyLimitMiddleware, max_body_bytes=security.limits.max_body_bytes)
+    app.add_middleware(_SubmitCountingBodyLimit, max_body_bytes=security.limits.max_body_bytes,
+                       orchestrator=orchestrator)
     app.add_middleware(CorrelationMiddleware)
 
     # ---- tasks --------------------------------------------------------------------------------

@@ -336,7 +336,8 @@ async def _complete(request: Request, call: _Call, build: Build) -> Response:
     collect = asyncio.ensure_future(asyncio.gather(*(_collect(call, t) for t in task_ids)))
     gone = asyncio.ensure_future(_wait_disconnect(request))
     try:
-        done, _ = await asyncio.wait({collect, gone}, return_when=asyncio.FIRST_COMPLETED)
+        waiters: set[asyncio.Future[Any]] = {collect, gone}
+        done, _ = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
     finally:
         gone.cancel()
         if not collect.done():
