@@ -1,0 +1,1 @@
+"""``llorch conform``: the suites behind a CLI, with known-failing lists and a certification summary."""

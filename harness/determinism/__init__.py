@@ -1,0 +1,1 @@
+"""Determinism suite and proof bundles: `llorch determinism`, `llorch bundle verify`."""

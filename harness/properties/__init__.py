@@ -1,0 +1,1 @@
+"""Property suite: hypothesis state machines driving the target only through its API."""

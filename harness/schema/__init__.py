@@ -1,0 +1,1 @@
+"""Schema suite (D14): schemathesis over the network against the target's own ``/openapi.json``."""
