@@ -29,6 +29,9 @@ setup(
     package_dir={**CODE, **DATA},
     package_data={
         "": ["*.feature", "*.yaml", "*.json", "*.txt", "*.jsonl", "*.sse", "py.typed"],
+        # data folders without an __init__.py inside code packages (feature files, recordings)
+        "llorch.harness": ["**/*.feature", "**/*.json", "**/*.yaml", "**/*.txt"],
+        "llorch.reference": ["**/*.jsonl", "**/*.sse", "**/*.json", "**/*.yaml", "**/*.txt", "**/*.md"],
         "llorch.specs": ["*.md"],
         "llorch.requirements": ["*.yaml"],
         "llorch.contracts": ["**/*"],

@@ -143,14 +143,20 @@ class RemoteAdapter:
             sampler.seed = s.seed
         call = self._stub().Generate(_pb.GenerateRequest(
             request_id=request.request_id, model=request.model, prompt=request.prompt,
-            max_tokens=request.max_tokens, sampler=sampler, deterministic=request.deterministic))
+            max_tokens=request.max_tokens, sampler=sampler, deterministic=request.deterministic,
+            accept_token_batches=True))  # req: ADP-1360
         rid = request.request_id
         try:
             async for ev in call:
                 if rid in self._cancelled:
                     return  # tokens already in flight when the cancel was answered are dropped
                 kind = ev.WhichOneof("kind")
-                if kind == "token":
+                if kind == "tokens":  # several tokens that were ready together: one event each
+                    for t in ev.tokens.tokens:
+                        if rid in self._cancelled:
+                            return
+                        yield GenToken(index=t.index, text=t.text, token_id=t.token_id)
+                elif kind == "token":
                     yield GenToken(index=ev.token.index, text=ev.token.text, token_id=ev.token.token_id)
                 elif kind == "started":
                     yield GenStarted(prompt_tokens=ev.started.prompt_tokens)

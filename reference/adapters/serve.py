@@ -16,8 +16,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
-from typing import Any, TypeAlias
+from collections.abc import AsyncGenerator, AsyncIterator
+from typing import Any, TypeAlias, cast
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -26,6 +26,7 @@ from llorch.reference.adapters.base import (
     Adapter,
     GenEnd,
     GenerateRequest,
+    GenEvent,
     GenStarted,
     GenToken,
 )
@@ -58,12 +59,107 @@ def _metadata(context: Context, key: str) -> str:
     return ""
 
 
+MAX_TOKENS_PER_MESSAGE = 32
+"""The most tokens one ``GenerateTokens`` message carries (the relay's own flush cap)."""
+
+_Group: TypeAlias = "GenStarted | GenEnd | list[GenToken]"
+_DONE = object()
+
+
+def _event_pb(rid: str, group: _Group) -> _pb.GenerateEvent:
+    """One outgoing message: a single token, a ``GenerateTokens`` batch, started or end."""
+    # req: ADP-1013
+    if isinstance(group, list):
+        if len(group) == 1:
+            t = group[0]
+            return _pb.GenerateEvent(request_id=rid, token=_pb.GenerateToken(
+                index=t.index, text=t.text, token_id=t.token_id))
+        return _pb.GenerateEvent(request_id=rid, tokens=_pb.GenerateTokens(tokens=[
+            _pb.GenerateToken(index=t.index, text=t.text, token_id=t.token_id) for t in group]))
+    if isinstance(group, GenStarted):
+        return _pb.GenerateEvent(request_id=rid, started=_pb.GenerateStarted(
+            prompt_tokens=group.prompt_tokens))
+    if isinstance(group, GenEnd):
+        return _pb.GenerateEvent(request_id=rid, end=_pb.GenerateEnd(
+            prompt_tokens=group.prompt_tokens, tokens_out=group.tokens_out,
+            finish_reason=group.finish_reason))
+    raise InternalError(f"adapter yielded {type(group).__name__}")  # the adapter broke its protocol
+
+
+async def _close(stream: AsyncIterator[GenEvent]) -> None:
+    # req: ADP-1028
+    aclose = getattr(stream, "aclose", None)
+    if aclose is not None:
+        await aclose()
+
+
+async def _single(stream: AsyncIterator[GenEvent]) -> AsyncGenerator[_Group, None]:
+    """One message per event: what a client that did not ask for batches gets."""
+    try:
+        async for ev in stream:
+            yield [ev] if isinstance(ev, GenToken) else ev
+    finally:
+        await _close(stream)
+
+
+async def _batched(stream: AsyncIterator[GenEvent]) -> AsyncGenerator[_Group, None]:
+    """Tokens that are ready while the previous message is being written go out as one message.
+
+    A pump task pulls the adapter's events into a bounded queue; each message takes the first
+    event as soon as it is there and adds only the tokens already queued behind it (at most
+    ``MAX_TOKENS_PER_MESSAGE``), so no token waits for another one. The bound keeps an engine
+    faster than the wire from running far ahead of it.
+    """
+    # req: ADP-1360
+    queue: asyncio.Queue[object] = asyncio.Queue(maxsize=4 * MAX_TOKENS_PER_MESSAGE)
+
+    async def pump() -> None:
+        try:
+            async for ev in stream:
+                await queue.put(ev)
+            await queue.put(_DONE)
+        except Exception as exc:  # handed to the writer, which raises it in the handler
+            await queue.put(exc)
+        finally:
+            await _close(stream)  # in the task that iterated it, as an async generator requires
+
+    pumper = asyncio.get_running_loop().create_task(pump(), name="llorch-adapter-pump")
+    try:
+        item = await queue.get()
+        while True:
+            if isinstance(item, Exception):
+                raise item
+            if item is _DONE:
+                return
+            if not isinstance(item, GenToken):
+                yield cast(_Group, item)
+                item = await queue.get()
+                continue
+            group: list[GenToken] = [item]
+            item = None
+            while len(group) < MAX_TOKENS_PER_MESSAGE and not queue.empty():
+                item = queue.get_nowait()
+                if not isinstance(item, GenToken):
+                    break
+                group.append(item)
+                item = None
+            yield group
+            if item is None:
+                item = await queue.get()
+    finally:
+        pumper.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await pumper
+
+
 class WorkerAdapterServicer(_pb_grpc.WorkerAdapterServicer):
     """pb ↔ adapter; no rules of its own."""
 
     def __init__(self, adapter: Adapter, health_servicer: health.aio.HealthServicer | None = None) -> None:
         self.adapter = adapter
         self._health = health_servicer
+        self._open: set[str] = set()  # request ids of running Generate calls
+        self._cancelled: set[str] = set()  # of those, the ones the Cancel rpc stopped
 
     async def _abort(self, context: Context, exc: LlorchError) -> None:
         await abort_with_error(context, exc, _metadata(context, "x-correlation-id"))
@@ -102,22 +198,14 @@ class WorkerAdapterServicer(_pb_grpc.WorkerAdapterServicer):
             return
         sent = False
         ended = False
+        batches = _batched(stream) if request.accept_token_batches else _single(stream)
+        self._open.add(rid)
         try:
-            async for ev in stream:
-                # req: ADP-1013
-                if isinstance(ev, GenToken):
-                    out = _pb.GenerateEvent(request_id=rid, token=_pb.GenerateToken(
-                        index=ev.index, text=ev.text, token_id=ev.token_id))
-                elif isinstance(ev, GenStarted):
-                    out = _pb.GenerateEvent(request_id=rid, started=_pb.GenerateStarted(
-                        prompt_tokens=ev.prompt_tokens))
-                elif isinstance(ev, GenEnd):
-                    ended = True
-                    out = _pb.GenerateEvent(request_id=rid, end=_pb.GenerateEnd(
-                        prompt_tokens=ev.prompt_tokens, tokens_out=ev.tokens_out,
-                        finish_reason=ev.finish_reason))
-                else:  # pragma: no cover - the adapter broke its protocol
-                    raise InternalError(f"adapter yielded {type(ev).__name__}")
+            async for group in batches:
+                if rid in self._cancelled:
+                    break  # tokens produced before the cancel but not yet written are dropped
+                out = _event_pb(rid, group)
+                ended = out.HasField("end")
                 sent = True
                 yield out
         except LlorchError as exc:
@@ -127,10 +215,9 @@ class WorkerAdapterServicer(_pb_grpc.WorkerAdapterServicer):
             yield _pb.GenerateEvent(request_id=rid, error=error_detail(exc.info()))
             return
         finally:
-            # req: ADP-1028
-            aclose = getattr(stream, "aclose", None)
-            if aclose is not None:
-                await aclose()
+            self._open.discard(rid)
+            self._cancelled.discard(rid)
+            await batches.aclose()  # closes the adapter's iterator too (ADP-1028)
         if not ended:
             # The adapter stopped without an end: it was cancelled through the Cancel rpc.
             # req: ADP-1026
@@ -138,7 +225,10 @@ class WorkerAdapterServicer(_pb_grpc.WorkerAdapterServicer):
 
     async def Cancel(self, request: _pb.AdapterCancelRequest, context: Context) -> _pb.AdapterCancelResponse:
         # req: ADP-1027
-        return _pb.AdapterCancelResponse(found=await self.adapter.cancel(request.request_id))
+        found = await self.adapter.cancel(request.request_id)
+        if found and request.request_id in self._open:
+            self._cancelled.add(request.request_id)  # req: ADP-1026
+        return _pb.AdapterCancelResponse(found=found)
 
 
 class AdapterServer:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -156,6 +157,19 @@ def test_serve_refuses_unknown_config_field(tmp_path: Path) -> None:
     path.write_text(yaml.safe_dump(config))
     result = _cli("serve", "--config", str(path))
     assert result.returncode == 2 and "capactiy" in result.stderr
+
+
+@pytest.mark.req("PER-1014")
+def test_serve_with_an_unusable_store_exits_2_naming_the_path(tmp_path: Path) -> None:
+    odd = tmp_path / "odd.db"
+    with sqlite3.connect(odd) as conn:
+        conn.execute("PRAGMA user_version = 99")  # a schema version this build does not know
+    config = yaml.safe_load(CONFORMANCE.read_text())
+    config["store"] = {"path": str(odd)}
+    path = tmp_path / "store.yaml"
+    path.write_text(yaml.safe_dump(config))
+    result = _cli("serve", "--config", str(path), "--grpc-port", "0", "--http-port", "0")
+    assert result.returncode == 2 and str(odd) in result.stderr
 
 
 @pytest.mark.req("CFG-1401", "PER-1016", "PER-1017")
