@@ -26,7 +26,7 @@ _sym_db = _symbol_database.Default()
 from llorch.proto import common_pb2 as llorch_dot_proto_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!llorch/proto/worker_adapter.proto\x12\tllorch.v1\x1a\x19llorch/proto/common.proto\"\x0f\n\rHealthRequest\"/\n\x0eHealthResponse\x12\r\n\x05ready\x18\x01 \x01(\x08\x12\x0e\n\x06\x64\x65tail\x18\x02 \x01(\t\"\x0e\n\x0cPropsRequest\"k\n\x05Props\x12\x13\n\x0btotal_slots\x18\x01 \x01(\r\x12\x12\n\nfree_slots\x18\x02 \x01(\r\x12\r\n\x05model\x18\x03 \x01(\t\x12\x10\n\x08\x63tx_size\x18\x04 \x01(\r\x12\x18\n\x10max_tokens_limit\x18\x05 \x01(\r\"\x13\n\x11\x45ngineInfoRequest\"\x95\x01\n\nEngineInfo\x12\x0e\n\x06\x65ngine\x18\x01 \x01(\t\x12\x16\n\x0e\x65ngine_version\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t\x12\x14\n\x0cmodel_digest\x18\x04 \x01(\t\x12\x12\n\nbuild_info\x18\x05 \x01(\t\x12\x15\n\rdeterministic\x18\x06 \x01(\x08\x12\x0f\n\x07is_mock\x18\x07 \x01(\x08\"\x9a\x01\n\x0fGenerateRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0e\n\x06prompt\x18\x03 \x01(\t\x12\x12\n\nmax_tokens\x18\x04 \x01(\r\x12)\n\x07sampler\x18\x05 \x01(\x0b\x32\x18.llorch.v1.SamplerParams\x12\x15\n\rdeterministic\x18\x06 \x01(\x08\"(\n\x0fGenerateStarted\x12\x15\n\rprompt_tokens\x18\x01 \x01(\r\">\n\rGenerateToken\x12\r\n\x05index\x18\x01 \x01(\r\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x10\n\x08token_id\x18\x03 \x01(\x03\"O\n\x0bGenerateEnd\x12\x15\n\rprompt_tokens\x18\x01 \x01(\r\x12\x12\n\ntokens_out\x18\x02 \x01(\r\x12\x15\n\rfinish_reason\x18\x03 \x01(\t\"\xd5\x01\n\rGenerateEvent\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12-\n\x07started\x18\n \x01(\x0b\x32\x1a.llorch.v1.GenerateStartedH\x00\x12)\n\x05token\x18\x0b \x01(\x0b\x32\x18.llorch.v1.GenerateTokenH\x00\x12%\n\x03\x65nd\x18\x0c \x01(\x0b\x32\x16.llorch.v1.GenerateEndH\x00\x12\'\n\x05\x65rror\x18\r \x01(\x0b\x32\x16.llorch.v1.ErrorDetailH\x00\x42\x06\n\x04kind\"*\n\x14\x41\x64\x61pterCancelRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\"&\n\x15\x41\x64\x61pterCancelResponse\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\x32\xdc\x02\n\rWorkerAdapter\x12=\n\x06Health\x12\x18.llorch.v1.HealthRequest\x1a\x19.llorch.v1.HealthResponse\x12\x35\n\x08GetProps\x12\x17.llorch.v1.PropsRequest\x1a\x10.llorch.v1.Props\x12\x44\n\rGetEngineInfo\x12\x1c.llorch.v1.EngineInfoRequest\x1a\x15.llorch.v1.EngineInfo\x12\x42\n\x08Generate\x12\x1a.llorch.v1.GenerateRequest\x1a\x18.llorch.v1.GenerateEvent0\x01\x12K\n\x06\x43\x61ncel\x12\x1f.llorch.v1.AdapterCancelRequest\x1a .llorch.v1.AdapterCancelResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!llorch/proto/worker_adapter.proto\x12\tllorch.v1\x1a\x19llorch/proto/common.proto\"\x0f\n\rHealthRequest\"/\n\x0eHealthResponse\x12\r\n\x05ready\x18\x01 \x01(\x08\x12\x0e\n\x06\x64\x65tail\x18\x02 \x01(\t\"\x0e\n\x0cPropsRequest\"k\n\x05Props\x12\x13\n\x0btotal_slots\x18\x01 \x01(\r\x12\x12\n\nfree_slots\x18\x02 \x01(\r\x12\r\n\x05model\x18\x03 \x01(\t\x12\x10\n\x08\x63tx_size\x18\x04 \x01(\r\x12\x18\n\x10max_tokens_limit\x18\x05 \x01(\r\"\x13\n\x11\x45ngineInfoRequest\"\x95\x01\n\nEngineInfo\x12\x0e\n\x06\x65ngine\x18\x01 \x01(\t\x12\x16\n\x0e\x65ngine_version\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t\x12\x14\n\x0cmodel_digest\x18\x04 \x01(\t\x12\x12\n\nbuild_info\x18\x05 \x01(\t\x12\x15\n\rdeterministic\x18\x06 \x01(\x08\x12\x0f\n\x07is_mock\x18\x07 \x01(\x08\"\xb8\x01\n\x0fGenerateRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0e\n\x06prompt\x18\x03 \x01(\t\x12\x12\n\nmax_tokens\x18\x04 \x01(\r\x12)\n\x07sampler\x18\x05 \x01(\x0b\x32\x18.llorch.v1.SamplerParams\x12\x15\n\rdeterministic\x18\x06 \x01(\x08\x12\x1c\n\x14\x61\x63\x63\x65pt_token_batches\x18\x07 \x01(\x08\"(\n\x0fGenerateStarted\x12\x15\n\rprompt_tokens\x18\x01 \x01(\r\">\n\rGenerateToken\x12\r\n\x05index\x18\x01 \x01(\r\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x10\n\x08token_id\x18\x03 \x01(\x03\":\n\x0eGenerateTokens\x12(\n\x06tokens\x18\x01 \x03(\x0b\x32\x18.llorch.v1.GenerateToken\"O\n\x0bGenerateEnd\x12\x15\n\rprompt_tokens\x18\x01 \x01(\r\x12\x12\n\ntokens_out\x18\x02 \x01(\r\x12\x15\n\rfinish_reason\x18\x03 \x01(\t\"\x82\x02\n\rGenerateEvent\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12-\n\x07started\x18\n \x01(\x0b\x32\x1a.llorch.v1.GenerateStartedH\x00\x12)\n\x05token\x18\x0b \x01(\x0b\x32\x18.llorch.v1.GenerateTokenH\x00\x12%\n\x03\x65nd\x18\x0c \x01(\x0b\x32\x16.llorch.v1.GenerateEndH\x00\x12\'\n\x05\x65rror\x18\r \x01(\x0b\x32\x16.llorch.v1.ErrorDetailH\x00\x12+\n\x06tokens\x18\x0e \x01(\x0b\x32\x19.llorch.v1.GenerateTokensH\x00\x42\x06\n\x04kind\"*\n\x14\x41\x64\x61pterCancelRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\"&\n\x15\x41\x64\x61pterCancelResponse\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\x32\xdc\x02\n\rWorkerAdapter\x12=\n\x06Health\x12\x18.llorch.v1.HealthRequest\x1a\x19.llorch.v1.HealthResponse\x12\x35\n\x08GetProps\x12\x17.llorch.v1.PropsRequest\x1a\x10.llorch.v1.Props\x12\x44\n\rGetEngineInfo\x12\x1c.llorch.v1.EngineInfoRequest\x1a\x15.llorch.v1.EngineInfo\x12\x42\n\x08Generate\x12\x1a.llorch.v1.GenerateRequest\x1a\x18.llorch.v1.GenerateEvent0\x01\x12K\n\x06\x43\x61ncel\x12\x1f.llorch.v1.AdapterCancelRequest\x1a .llorch.v1.AdapterCancelResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -46,19 +46,21 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ENGINEINFO']._serialized_start=288
   _globals['_ENGINEINFO']._serialized_end=437
   _globals['_GENERATEREQUEST']._serialized_start=440
-  _globals['_GENERATEREQUEST']._serialized_end=594
-  _globals['_GENERATESTARTED']._serialized_start=596
-  _globals['_GENERATESTARTED']._serialized_end=636
-  _globals['_GENERATETOKEN']._serialized_start=638
-  _globals['_GENERATETOKEN']._serialized_end=700
-  _globals['_GENERATEEND']._serialized_start=702
-  _globals['_GENERATEEND']._serialized_end=781
-  _globals['_GENERATEEVENT']._serialized_start=784
-  _globals['_GENERATEEVENT']._serialized_end=997
-  _globals['_ADAPTERCANCELREQUEST']._serialized_start=999
-  _globals['_ADAPTERCANCELREQUEST']._serialized_end=1041
-  _globals['_ADAPTERCANCELRESPONSE']._serialized_start=1043
-  _globals['_ADAPTERCANCELRESPONSE']._serialized_end=1081
-  _globals['_WORKERADAPTER']._serialized_start=1084
-  _globals['_WORKERADAPTER']._serialized_end=1432
+  _globals['_GENERATEREQUEST']._serialized_end=624
+  _globals['_GENERATESTARTED']._serialized_start=626
+  _globals['_GENERATESTARTED']._serialized_end=666
+  _globals['_GENERATETOKEN']._serialized_start=668
+  _globals['_GENERATETOKEN']._serialized_end=730
+  _globals['_GENERATETOKENS']._serialized_start=732
+  _globals['_GENERATETOKENS']._serialized_end=790
+  _globals['_GENERATEEND']._serialized_start=792
+  _globals['_GENERATEEND']._serialized_end=871
+  _globals['_GENERATEEVENT']._serialized_start=874
+  _globals['_GENERATEEVENT']._serialized_end=1132
+  _globals['_ADAPTERCANCELREQUEST']._serialized_start=1134
+  _globals['_ADAPTERCANCELREQUEST']._serialized_end=1176
+  _globals['_ADAPTERCANCELRESPONSE']._serialized_start=1178
+  _globals['_ADAPTERCANCELRESPONSE']._serialized_end=1216
+  _globals['_WORKERADAPTER']._serialized_start=1219
+  _globals['_WORKERADAPTER']._serialized_end=1567
 # @@protoc_insertion_point(module_scope)
