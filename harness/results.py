@@ -6,7 +6,8 @@ given. Per test it records the node id normalised to the repository layout (``ha
 ``reference/tests/…``, ``tools/tests/…``, whether run from a checkout or an installed wheel), the
 outcome (a failure in setup or teardown is ``error``), the requirement IDs of the ``req`` markers
 (the test's own and those inherited from its class and module), the environment markers it needs
-(``gpu``), the skip reason, the duration and a short failure message.
+(``gpu``), the skip reason, the duration, a short failure message and, when the test recorded it
+(``record_property("evidence", …)``), the evidence of its failing checks.
 
 The ``target`` block of the environment is filled by whoever knows the target (the target
 fixtures, ``llorch conform``), either directly::
@@ -46,6 +47,7 @@ ENVIRONMENT_MARKERS = ("gpu",)
 _TOP = ("harness", "reference", "tools", "llorch")
 _SITE_RE = re.compile(r"(?:^|.*/)(?:site|dist)-packages/llorch/(?P<rest>.+)$")
 _MESSAGE_MAX = 500
+_EVIDENCE_MAX = 8000
 
 
 @functools.cache
@@ -161,6 +163,9 @@ class ResultsRecorder:
             self._tests[nodeid] = entry
             self._order.append(nodeid)
         entry["duration_s"] = round(entry["duration_s"] + float(report.duration), 6)
+        evidence = self._evidence(report)
+        if evidence:
+            entry["evidence"] = evidence
         xfail = hasattr(report, "wasxfail")
         if report.when == "call":
             if report.passed:
@@ -180,6 +185,17 @@ class ResultsRecorder:
                 entry["outcome"], entry["skip_reason"] = "xfailed", str(report.wasxfail) or None
             else:
                 entry["outcome"], entry["skip_reason"] = "skipped", self._skip_reason(report)
+
+    @staticmethod
+    def _evidence(report: pytest.TestReport) -> str | None:
+        """What the test recorded as ``evidence`` (``record_property("evidence", …)``, the OpenAI
+        suite's failing checks): each report carries the item's properties so far, so the latest
+        report holds them all."""
+        texts = [str(v) for k, v in report.user_properties if k == "evidence"]
+        if not texts:
+            return None
+        text = "\n\n".join(texts)
+        return text if len(text) <= _EVIDENCE_MAX else text[: _EVIDENCE_MAX - 1] + "…"
 
     @staticmethod
     def _skip_reason(report: pytest.TestReport) -> str | None:

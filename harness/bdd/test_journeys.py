@@ -73,6 +73,8 @@ def a_session(client: TenantClient, ctx: dict[str, Any], turns: int) -> None:
     session = resp.json()
     assert session["turns_used"] == 0 and session["max_turns"] == turns and session["tokens_used"] == 0, (
         f"[ADM-1028] {session}")
+    assert session.get("session_id") and session.get("tenant") == client.tenant, f"[ADM-1028] {session}"
+    assert int(session.get("expires_ms") or 0) > 0, f"[ADM-1028] no expires_ms: {session}"
     ctx["session"] = session
 
 
@@ -126,6 +128,8 @@ def long_task_streaming(client: TenantClient, orchestrator: Any, ctx: dict[str, 
 def cancel_it(client: TenantClient, ctx: dict[str, Any]) -> None:
     resp = client.cancel(ctx["task_id"])
     assert resp.status_code == 200, f"[STR-1027] cancel answered {resp.status_code}"
+    # what the target had emitted when its answer arrived: the stream may deliver no more (STR-1028)
+    ctx["tokens_at_answer"] = client.get_task(ctx["task_id"]).get("tokens_out")
 
 
 @when("the tenant queues a task behind it and cancels it")
@@ -170,6 +174,13 @@ def submit_in_session(client: TenantClient, ctx: dict[str, Any], n: int) -> None
         client.sse_events(task["task_id"])
 
 
+@when("the tenant lists the pools")
+def list_pools(client: TenantClient, ctx: dict[str, Any]) -> None:
+    resp = client.request("GET", "/v1/pools")
+    assert resp.status_code == 200, f"[POOL-1001] GET /v1/pools: {resp.status_code} {resp.text[:200]}"
+    ctx["pools"] = resp.json()["pools"]
+
+
 # ---- then ----------------------------------------------------------------------------------
 
 
@@ -204,11 +215,12 @@ def answered_429(ctx: dict[str, Any]) -> None:
         f"[ERR-1019] X-Backoff-Ms {resp.headers.get('x-backoff-ms')!r}")
 
 
-@then("every accepted task can be cancelled")
-def accepted_cancellable(client: TenantClient, ctx: dict[str, Any]) -> None:
+@then("every accepted task is still queued")
+def accepted_still_queued(client: TenantClient, ctx: dict[str, Any]) -> None:
+    assert ctx["accepted"], "[QUE-1011] the queue took no task before refusing"
     for task_id in ctx["accepted"]:
-        resp = client.cancel(task_id)
-        assert resp.status_code == 200, f"[QUE-1001] accepted {task_id}: cancel answered {resp.status_code}"
+        state = str(client.get_task(task_id)["state"]).lower()
+        assert state == "queued", f"[QUE-1011] accepted {task_id} is {state!r} after the 429, not queued"
 
 
 @then(parsers.parse("the stream is well formed and ends with an end event counting {n:d} tokens"))
@@ -226,6 +238,9 @@ def stream_cancelled(ctx: dict[str, Any]) -> None:
     events = col.checked()
     assert not check_task_stream(events), format_violations(check_task_stream(events))
     assert events[-1].kind == "cancelled" and events[-1].reason == "client", f"[STR-1029] {events[-1]}"
+    streamed = sum(e.count for e in events if e.kind == "token")
+    assert streamed == ctx["tokens_at_answer"], (
+        f"[STR-1028] {streamed} tokens streamed, {ctx['tokens_at_answer']} emitted at the cancel answer")
 
 
 @then("that task's stream is queued then cancelled and it never started")
@@ -288,12 +303,19 @@ def session_exhausted(client: TenantClient, ctx: dict[str, Any]) -> None:
     assert resp.json()["error"]["code"] == "SESSION_EXPIRED", f"[ADM-1031] {resp.text[:200]}"
 
 
-@then("another tenant reading the session gets 404 SESSION_NOT_FOUND")
+@then("another tenant can neither read, use nor delete the session")
 def other_tenant_session(client: TenantClient, ctx: dict[str, Any]) -> None:
     other = client.for_tenant(new_tenant("other"))
     resp = other.request("GET", f"/v1/sessions/{ctx['session']['session_id']}")
     assert resp.status_code == 404, f"[ADM-1036] {resp.status_code}"
     assert resp.json()["error"]["code"] == "SESSION_NOT_FOUND", f"[ADM-1036] {resp.text[:200]}"
+    used = other.submit(max_tokens=2, session_id=ctx["session"]["session_id"])
+    assert used.status_code == 404 and used.json()["error"]["code"] == "SESSION_NOT_FOUND", (
+        f"[ADM-1036] another tenant submitted in the session: {used.status_code} {used.text[:200]}")
+    gone = other.request("DELETE", f"/v1/sessions/{ctx['session']['session_id']}")
+    assert gone.status_code == 404, f"[ADM-1036] another tenant deleted the session: {gone.status_code}"
+    mine = client.request("GET", f"/v1/sessions/{ctx['session']['session_id']}")
+    assert mine.status_code == 200 and mine.json()["turns_used"] == 0, f"[ADM-1036] {mine.text[:200]}"
 
 
 @then("the task reports the tenant")
@@ -311,3 +333,16 @@ def other_tenant_blind(client: TenantClient, ctx: dict[str, Any]) -> None:
     resp = other.request("GET", f"/v1/tasks/{task_id}")
     assert resp.status_code == 404 and resp.json()["error"]["code"] == "TASK_NOT_FOUND", (
         f"[ADM-1022] another tenant read the task: {resp.status_code}")
+
+
+@then("every pool of the capabilities is listed with its fields and replicas")
+def pools_listed(orchestrator: Any, ctx: dict[str, Any]) -> None:
+    announced = {p["pool_id"] for p in orchestrator.capabilities.get("pools") or []}
+    listed = {p["pool_id"]: p for p in ctx["pools"]}
+    assert announced and announced <= set(listed), f"[POOL-1001] {sorted(listed)} vs {announced}"
+    fields = {"pool_id", "model", "engine", "ready", "draining", "total_slots", "free_slots", "generation",
+              "replicas"}
+    for pool in listed.values():
+        assert fields <= set(pool), f"[POOL-1001] {pool['pool_id']} lacks {sorted(fields - set(pool))}"
+        assert pool["replicas"], f"[POOL-1001] {pool['pool_id']} lists no replica"
+        assert pool["total_slots"] == sum(r["total_slots"] for r in pool["replicas"]), f"[POOL-1001] {pool}"

@@ -108,7 +108,8 @@ def certify(records: Iterable[TestRecord], entries: list[KnownFailing], claimed:
     untested = sorted(rid for rid, info in index.items()
                       if info.level == "must" and info.profile in claimed_set and rid not in per_req)
 
-    if blocking or match.stale:
+    # an unsupported feature on a must of a claimed profile fails it, like a failing test would
+    if blocking or match.stale or any(v == "failed" for v in per_profile.values()):
         verdict, code = "failed", EXIT_FAILED
     elif match.known:
         verdict, code = "known-failures", EXIT_KNOWN

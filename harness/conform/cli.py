@@ -44,7 +44,7 @@ class Options:
     keyword: str | None = None
 
 
-def _load_config(path: Path) -> dict[str, Any]:
+def load_config(path: Path) -> dict[str, Any]:
     """conform.yaml: endpoints, claimed profiles, known-failing file; unknown fields are an error."""
     import yaml
     from pydantic import BaseModel, ConfigDict, ValidationError
@@ -84,7 +84,9 @@ def common_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--token-env", metavar="VAR", help="environment variable holding the bearer token"),
         click.option("--config", "config_file", type=click.Path(path_type=Path, dir_okay=False),
                      help="conform.yaml: endpoints, claimed profiles, known-failing file"),
-        click.option("--suite", "suites", multiple=True, help="run only these suites (e.g. contract)"),
+        click.option("--suite", "suites", multiple=True,
+                     help="run only these suites, repeatable (orchestrator: contract, properties, bdd, "
+                          "schema, metrics; adapter: adapter; not used by conform openai)"),
         click.option("-k", "keyword", metavar="EXPR", help="pytest -k expression to select tests"),
     ]
     for opt in reversed(opts):
@@ -92,11 +94,11 @@ def common_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     return fn
 
 
-def _options(ctx: click.Context, kw: dict[str, Any]) -> Options:
+def resolve_options(ctx: click.Context, kw: dict[str, Any]) -> Options:
     parent: Options = ctx.obj if isinstance(ctx.obj, Options) else Options()
     cfg: dict[str, Any] = {}
     if kw.get("config_file"):
-        cfg = _load_config(kw["config_file"])
+        cfg = load_config(kw["config_file"])
     profiles = [p.strip() for item in kw.get("profiles") or () for p in item.split(",") if p.strip()]
     kf = kw.get("known_failing") or (Path(cfg["known_failing"]) if cfg.get("known_failing") else None)
     rd = kw.get("report_dir") or (Path(cfg["report_dir"]) if cfg.get("report_dir") else None)
@@ -145,8 +147,14 @@ class ConformGroup(click.Group):
 @common_options
 @click.pass_context
 def conform(ctx: click.Context, **kw: Any) -> None:
-    """Certify a target against the llorch conformance suites; bare: the embedded reference."""
-    opts = _options(ctx, kw)
+    """Certify a target against the llorch conformance suites; bare: the embedded reference.
+
+    Without a subcommand, runs `conform orchestrator` against an embedded reference it starts.
+    Reports go to --report-dir (default out/conform/<run-id>/): junit.xml, results.json,
+    certification.md and .json, trace/index.html. Exit codes: 0 certified, 3 only known failures
+    remain, 1 unexpected failures or stale known-failing entries, 2 usage or setup error.
+    """
+    opts = resolve_options(ctx, kw)
     ctx.obj = opts
     if ctx.invoked_subcommand is None:
         ctx.exit(_run_orchestrator(opts.target, opts.http, opts))
@@ -158,8 +166,12 @@ def conform(ctx: click.Context, **kw: Any) -> None:
 @common_options
 @click.pass_context
 def orchestrator_cmd(ctx: click.Context, target: str | None, http_url: str | None, **kw: Any) -> None:
-    """Certify an orchestrator: TARGET is grpc://H:P; without it, an embedded reference is started."""
-    opts = _options(ctx, kw)
+    """Certify an orchestrator: TARGET is grpc://H:P; without it, an embedded reference is started.
+
+    Claims the profiles the target reports in /v1/capabilities (less openai*, certified by
+    `conform openai`) unless --profile is given. Exit codes as for `llorch conform`.
+    """
+    opts = resolve_options(ctx, kw)
     ctx.exit(_run_orchestrator(target or opts.target, http_url or opts.http, opts))
 
 
@@ -168,8 +180,12 @@ def orchestrator_cmd(ctx: click.Context, target: str | None, http_url: str | Non
 @common_options
 @click.pass_context
 def adapter_cmd(ctx: click.Context, target: str | None, **kw: Any) -> None:
-    """Certify a WorkerAdapter at TARGET (grpc://H:P); without it, `llorch adapter serve` is started."""
-    opts = _options(ctx, kw)
+    """Certify a WorkerAdapter at TARGET (grpc://H:P); without it, `llorch adapter serve` is started.
+
+    Claims adapter-core, adapter-streaming, adapter-cancel and adapter-determinism unless --profile
+    is given. Exit codes as for `llorch conform`.
+    """
+    opts = resolve_options(ctx, kw)
     ctx.exit(_run_adapter(target or opts.target, opts))
 
 
@@ -180,13 +196,13 @@ def _run_id() -> str:
     return datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(2)
 
 
-def _report_dir(opts: Options) -> Path:
+def make_report_dir(opts: Options) -> Path:
     path = opts.report_dir or Path("out") / "conform" / _run_id()
     path.mkdir(parents=True, exist_ok=True)
     return path
 
 
-def _known(opts: Options) -> list[Any]:
+def load_known(opts: Options) -> list[Any]:
     from .knownfailing import KnownFailingError, load
 
     if opts.known_failing is None:
@@ -201,7 +217,7 @@ def _run_orchestrator(target: str | None, http_url: str | None, opts: Options) -
     from llorch.harness import targets
     from llorch.harness.plugin import OrchestratorTarget, orchestrator_summary
 
-    entries = _known(opts)
+    entries = load_known(opts)
     served = None
     try:
         if target is None and http_url is None:
@@ -222,7 +238,7 @@ def _run_orchestrator(target: str | None, http_url: str | None, opts: Options) -
         if http_addr:
             args.append(f"--target-http={http_addr}")
         suites = opts.suites or ["contract", "properties", "bdd", "schema", "metrics"]
-        return _execute(suites, args, claimed, entries, info, opts)
+        return execute(suites, args, claimed, entries, info, opts)
     except targets.TargetError as exc:
         raise ConformUsageError(str(exc)) from exc
     finally:
@@ -269,7 +285,7 @@ def _run_adapter(target: str | None, opts: Options) -> int:
     from llorch.harness import targets
     from llorch.harness.plugin import adapter_summary
 
-    entries = _known(opts)
+    entries = load_known(opts)
     served = None
     try:
         if target is None:
@@ -283,7 +299,7 @@ def _run_adapter(target: str | None, opts: Options) -> int:
             raise ConformUsageError(f"cannot reach adapter grpc://{addr}: {info['engine_info_error']}")
         claimed = opts.profiles or ["adapter-core", "adapter-streaming", "adapter-cancel",
                                     "adapter-determinism"]
-        return _execute(opts.suites or ["adapter"], [f"--adapter-target=grpc://{addr}"], claimed, entries,
+        return execute(opts.suites or ["adapter"], [f"--adapter-target=grpc://{addr}"], claimed, entries,
                         info, opts)
     except targets.TargetError as exc:
         raise ConformUsageError(str(exc)) from exc
@@ -292,17 +308,18 @@ def _run_adapter(target: str | None, opts: Options) -> int:
             served.stop()
 
 
-def _execute(suites: list[str], target_args: list[str], claimed: list[str], entries: list[Any],
+def execute(suites: list[str], target_args: list[str], claimed: list[str], entries: list[Any],
              target_info: dict[str, Any], opts: Options) -> int:
     """Run the suites with progress, then write JUnit, results, trace report and certification."""
     from llorch.harness.plugin import requirement_index
     from rich.console import Console
+    from rich.markup import escape
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from . import certify
     from .runner import TestRecord, run_suites
 
-    report = _report_dir(opts)
+    report = make_report_dir(opts)
     args = [*target_args, f"--junitxml={report / 'junit.xml'}", f"--llorch-results={report / 'results.json'}",
             f"--report-dir={report}"]
     for prof in claimed:
@@ -326,30 +343,42 @@ def _execute(suites: list[str], target_args: list[str], claimed: list[str], entr
         def on_done(rec: TestRecord) -> None:
             if rec.outcome in ("failed", "error"):
                 failures.append(rec)
-            progress.update(task, advance=1, description=f"{len(failures)} failed · {rec.nodeid[-60:]}")
+            tail = escape(rec.nodeid[-60:])
+            progress.update(task, advance=1, description=f"{len(failures)} failed · {tail}")
 
         result = run_suites(suites, args, on_total=on_total, on_done=on_done)
 
     if result.exit_code >= 2 or result.collected == 0:
         errs = [r for r in result.records.values() if r.outcome == "error" and not r.reqs]
         detail = "; ".join(f"{r.nodeid}: {r.message}" for r in errs[:5])
-        console.print(f"[red]the suites did not run (pytest exit {result.exit_code}) {detail}")
+        console.print(f"[red]the suites did not run (pytest exit {result.exit_code}) {escape(detail)}")
         return EXIT_USAGE
 
     cert = certify.certify(result.records.values(), entries, claimed, requirement_index(), target_info)
     certify.write(cert, report)
     _trace_report(report, claimed, console)
     for rec in failures:
-        console.print(f"[red]FAILED[/] {rec.nodeid} [{', '.join(rec.reqs)}]: "
-                      f"{(rec.message or '').splitlines()[0] if rec.message else ''}")
+        console.print(failure_line(rec))
     click.echo(f"{cert.verdict}: {sum(cert.counts.values())} tests "
                f"({', '.join(f'{k} {v}' for k, v in sorted(cert.counts.items()))}); "
                f"report in {report}")
     return cert.exit_code
 
 
+def failure_line(rec: Any) -> str:
+    """One FAILED line as rich markup; node ids carry brackets (``[chat]``, ``[/v1/…]``) and
+    messages anything, so every piece of test text is escaped, never read as markup."""
+    from rich.markup import escape
+
+    first = (rec.message or "").splitlines()[0] if rec.message else ""
+    reqs = "[" + ", ".join(rec.reqs) + "]"
+    return f"[red]FAILED[/] {escape(rec.nodeid)} {escape(reqs)}: {escape(first)}"
+
+
 def _trace_report(report: Path, profiles: list[str], console: Any) -> None:
     """The HTML trace report of this run, through the tooling API (llorch.tools.trace)."""
+    from rich.markup import escape
+
     try:
         trace = importlib.import_module("llorch.tools.trace")
         build = trace.build_report
@@ -359,7 +388,7 @@ def _trace_report(report: Path, profiles: list[str], console: Any) -> None:
     try:
         build(results=[report / "results.json"], out_dir=report / "trace", profiles=profiles or None)
     except Exception as exc:  # the certification stands on its own; a report failure is shown
-        console.print(f"[yellow]trace report failed: {exc}")
+        console.print(f"[yellow]trace report failed: {escape(str(exc))}")
 
 
 def main() -> None:  # pragma: no cover - `python -m llorch.harness.conform.cli`

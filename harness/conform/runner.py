@@ -41,6 +41,12 @@ class RunResult:
     collected: int
 
 
+def _skip_text(reason: str) -> str:
+    """The skip reason as the test wrote it: pytest prefixes ``Skipped: `` to ``pytest.skip()``
+    messages, which would hide the ``unsupported:`` marker that certification looks for."""
+    return reason.removeprefix("Skipped: ")
+
+
 class _Collector:
     """A pytest plugin object: outcome and IDs per test, and progress callbacks."""
 
@@ -70,7 +76,7 @@ class _Collector:
         if report.skipped and rec.outcome == "passed":
             rec.outcome = "xfailed" if xfail else "skipped"
             if isinstance(report.longrepr, tuple):
-                rec.message = str(report.longrepr[2])
+                rec.message = _skip_text(str(report.longrepr[2]))
         if report.failed and rec.message is None:
             crash = getattr(report.longrepr, "reprcrash", None)
             rec.message = str(getattr(crash, "message", "") or report.longreprtext)[:2000]

@@ -30,7 +30,10 @@ def test_cancel_running_task_ends_its_stream(api: Any, orchestrator: Any) -> Non
             f"no tokens streamed: {col.kinds()} {col.error}")
         resp = api.cancel(sub.task_id)
         assert resp.status_code == 200, f"[STR-1027] cancel answered {resp.status_code}: {resp.text}"
-        assert _state(resp.json()) == "cancelled", f"[STR-1027] cancel answer {resp.json()}"
+        assert _state(resp.json()) == "cancelled" and resp.json().get("task_id") == sub.task_id, (
+            f"[STR-1027] cancel answer {resp.json()}")
+        # what the target had emitted when its answer arrived; the stream may deliver no more
+        at_answer = api.get_task(sub.task_id).get("tokens_out")
         assert col.wait_done(CANCEL_GRACE_S), (
             f"[STR-1028] tokens kept coming {CANCEL_GRACE_S}s after the cancel answer "
             f"({col.kinds().count('token')} so far)")
@@ -44,6 +47,9 @@ def test_cancel_running_task_ends_its_stream(api: Any, orchestrator: Any) -> Non
         f"[STR-1028] [STR-1029] the stream ended with {last.kind} {last.reason!r}, not cancelled/client")
     streamed = sum(e.count for e in events if e.kind == "token")
     assert streamed < max_tokens, "[STR-1028] the cancelled task streamed to max_tokens"
+    assert streamed == at_answer, (
+        f"[STR-1028] [STR-1035] {streamed} tokens streamed, Task.tokens_out was {at_answer} right after the "
+        "cancel answer")
     task = api.get_task(sub.task_id)
     assert _state(task) == "cancelled", f"[STR-1027] task state after cancel: {task.get('state')}"
     assert task.get("tokens_out") == streamed, (

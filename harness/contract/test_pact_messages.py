@@ -45,7 +45,7 @@ def read_event(body: str | bytes | None, metadata: dict[str, object]) -> None:
     assert event.seq is not None and msg.task_id, "event without seq or task_id"
 
 
-@pytest.mark.req("CTR-1023", "STR-1001", "STR-1007")
+@pytest.mark.req("CTR-1023")
 @pytest.mark.parametrize("description", sorted(MESSAGES))
 def test_event_message_consumer(description: str, fresh_pact_dir: Path) -> None:
     pact = Pact(CONSUMER, EVENTS_PROVIDER).with_specification("V4")

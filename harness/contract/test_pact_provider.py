@@ -129,7 +129,7 @@ def test_a_planted_provider_change_breaks_verification(renamed_field_proxy: str,
     assert "task_id" in output, f"the failure does not name the renamed field:\n{output[-2000:]}"
 
 
-@pytest.mark.req("CTR-1500", "CTR-1023", "STR-1016")
+@pytest.mark.req("CTR-1500", "CTR-1023")
 def test_target_produces_the_event_messages(pact_dir: Path, api: TenantClient) -> None:
     """Each message of the event pact is produced from a real task streamed over gRPC."""
     cache: dict[str, Any] = {}

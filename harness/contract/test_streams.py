@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import grpc
@@ -45,6 +46,10 @@ def test_sse_stream_follows_the_grammar(api: Any) -> None:
     for block in blocks:
         fields = dict(line.split(": ", 1) for line in block.splitlines() if ": " in line and line[0] != ":")
         assert {"id", "event", "data"} <= set(fields), f"[STR-1012] SSE block missing fields: {block!r}"
+        data = json.loads(fields["data"])
+        assert isinstance(data, dict) and data.get("task_id") == task["task_id"], f"[STR-1012] data {data!r}"
+        assert data.get("seq") == int(fields["id"]) and isinstance(data.get("timestamp_ms"), int), (
+            f"[STR-1012] id: {fields['id']} with data {data!r}")
         names.append(fields["event"])
     assert set(names) <= {"queued", "started", "token", "end", "error", "cancelled"}, f"[STR-1013] {names}"
     events = api.sse_events(task["task_id"])

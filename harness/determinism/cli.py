@@ -87,13 +87,16 @@ def _adapter_builds(addresses: dict[str, str]) -> dict[str, str]:
 @click.command("determinism")
 @click.argument("target", required=False)
 @click.option("--seeds", type=click.IntRange(1), default=64, show_default=True, help="Seeds 0..N-1.")
-@click.option("--replicas", type=click.IntRange(1), default=2, show_default=True)
+@click.option("--replicas", type=click.IntRange(1), default=2, show_default=True,
+              help="Replicas of the pool to compare (each seed runs on each, pinned).")
 @click.option("--out", "out", type=click.Path(file_okay=False, path_type=Path), default=Path("out/bundles"),
               show_default=True, help="The bundle goes to OUT/<run-id>/.")
-@click.option("--max-tokens", type=click.IntRange(1, 4096), default=16, show_default=True)
-@click.option("--temperature", type=click.FloatRange(0), default=0.8, show_default=True)
-@click.option("--top-p", type=click.FloatRange(0, 1), default=0.95, show_default=True)
-@click.option("--top-k", type=click.IntRange(0), default=40, show_default=True)
+@click.option("--max-tokens", type=click.IntRange(1, 4096), default=16, show_default=True,
+              help="Tokens per stream.")
+@click.option("--temperature", type=click.FloatRange(0), default=0.8, show_default=True,
+              help="Sampler temperature (sampling, not greedy, is what the seeds must fix).")
+@click.option("--top-p", type=click.FloatRange(0, 1), default=0.95, show_default=True, help="Sampler top_p.")
+@click.option("--top-k", type=click.IntRange(0), default=40, show_default=True, help="Sampler top_k.")
 @click.option("--model", default=None, help="Model to test (default: the pool with most ready replicas).")
 @click.option("--pool", default=None, help="Pool to test.")
 @click.option("--real-model", is_flag=True,
@@ -109,7 +112,12 @@ def determinism(target: str | None, seeds: int, replicas: int, out: Path, max_to
                 top_p: float, top_k: int, model: str | None, pool: str | None, real_model: bool,
                 prompt_cache: bool, threads: int, no_deterministic_flag: bool, as_json: bool) -> None:
     """Run the determinism suite against TARGET (an orchestrator's HTTP base URL; none: an embedded
-    reference with mock replicas) and write a proof bundle."""
+    reference with mock replicas) and write a proof bundle.
+
+    Each seed's prompt runs on every replica three times: first, back to back, and after another
+    prompt (interleaved). Exit 0 when every comparison is identical, 1 when any differs, 2 on a
+    setup error.
+    """
     # req: DET-1010, DET-1011, DET-1012
     cfg = RunConfig(seeds=list(range(seeds)), replicas=replicas, max_tokens=max_tokens,
                     temperature=temperature, top_p=top_p, top_k=top_k, model=model, pool=pool,
@@ -156,7 +164,12 @@ def bundle() -> None:
               help="Re-run the bundle on TARGET (an HTTP base URL, 'embedded' or 'embedded-real-model').")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON line with the verdict.")
 def verify(directory: Path, replay_target: str | None, as_json: bool) -> None:
-    """Recheck a bundle offline (hashes, schema, every comparison); optionally replay it."""
+    """Recheck a bundle offline (hashes, schema, every comparison); optionally replay it.
+
+    DIRECTORY is the bundle, or a folder holding exactly one. Exit 0 intact with identical
+    streams, 3 intact but recording differing streams, 1 invalid bundle or a replay that differs
+    or does not match, 2 replay setup error.
+    """
     path = _bundle_dir(directory)
     result: dict[str, Any] = {"bundle": str(path)}
     try:

@@ -96,6 +96,8 @@ def test_metrics_match_the_contract(api: Any, http: Any, contract: dict[str, Spe
             problems.append(f"[MET-1002] {spec.name}: type {found.type if found else 'missing'}, "
                             f"contract {spec.type}")
             continue
+        if spec.type != "counter" and not fam.samples:
+            problems.append(f"[MET-1003] {spec.name}: no series after traffic, labels unchecked")
         for sample in fam.samples:
             labels = set(sample.labels) - {"le", "quantile"}
             if labels != spec.labels:
@@ -104,7 +106,7 @@ def test_metrics_match_the_contract(api: Any, http: Any, contract: dict[str, Spe
                 break
         if spec.type == "histogram":
             les = sorted({float(s.labels["le"]) for s in fam.samples if s.name.endswith("_bucket")})
-            if les and tuple(b for b in les if not math.isinf(b)) != spec.buckets:
+            if tuple(b for b in les if not math.isinf(b)) != spec.buckets:
                 problems.append(f"[MET-1004] {spec.name}: buckets {les}, contract {list(spec.buckets)}")
     assert not any("canceled" in name for name in fams), "[MET-1007] a metric spells 'canceled'"
     assert not problems, "\n".join(problems)
@@ -161,6 +163,7 @@ def test_slot_gauges_match_pools(api: Any, http: Any, contract: dict[str, Spec])
     assert wait_until(lambda: quiescent(http, contract), QUIESCE_S), "the target never became idle"
     pools = api.request("GET", "/v1/pools").json()["pools"]
     fams = scrape(http)
+    assert any(pool.get("replicas") for pool in pools), f"GET /v1/pools lists no replica to compare: {pools}"
     for pool in pools:
         for rep in pool.get("replicas") or []:
             labels = {"pool_id": pool["pool_id"], "replica_id": rep["replica_id"]}
@@ -170,3 +173,35 @@ def test_slot_gauges_match_pools(api: Any, http: Any, contract: dict[str, Spec])
                 f"[MET-1017] slots_free {labels}")
         ready = total(fams, contract["pool_ready"], pool_id=pool["pool_id"])
         assert ready == (1 if pool["ready"] else 0), f"[MET-1018] pool_ready {ready} for {pool['pool_id']}"
+
+
+@pytest.mark.req("MET-1010", "MET-1012")
+def test_a_cancel_moves_the_cancelled_counter_and_counts_its_tokens(
+        api: Any, http: Any, orchestrator: Any, contract: dict[str, Spec]) -> None:
+    assert wait_until(lambda: quiescent(http, contract), QUIESCE_S), "the target never became idle"
+    before = scrape(http)
+    limit = min(4000, int(orchestrator.capabilities.get("max_tokens_limit") or 4000))
+    sub = api.grpc_submit(max_tokens=limit)
+    col = api.collect(sub.task_id)
+    try:
+        assert col.wait_for(lambda evs: any(e.WhichOneof("kind") == "token" for e in evs)), (
+            f"no tokens streamed: {col.kinds()}")
+        assert api.cancel(sub.task_id).status_code == 200
+        assert col.wait_done(QUIESCE_S), "the cancelled stream never ended"
+    finally:
+        col.close()
+    events = col.checked()
+    assert events[-1].kind == "cancelled", f"the task was not cancelled: {events[-1]}"
+    streamed = sum(e.count for e in events if e.kind == "token")
+    assert wait_until(lambda: quiescent(http, contract), QUIESCE_S), "the target never became idle"
+    after = scrape(http)
+
+    def delta(name: str, **labels: str) -> float:
+        return total(after, contract[name], **labels) - total(before, contract[name], **labels)
+
+    cancelled = delta("tasks_cancelled_total", reason="client")
+    assert cancelled == 1, f"[MET-1010] tasks_cancelled_total{{reason=client}} moved {cancelled}"
+    assert delta("tasks_completed_total") == 0, "[MET-1010] a cancelled task counted as completed"
+    assert delta("tokens_out_total") == streamed, (
+        f"[MET-1012] tokens_out_total moved {delta('tokens_out_total')}, {streamed} tokens were streamed "
+        "before the cancel")

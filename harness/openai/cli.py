@@ -21,12 +21,12 @@ import httpx
 from llorch.harness.conform.cli import (
     ConformUsageError,
     Options,
-    _execute,
-    _known,
-    _load_config,
-    _options,
-    _report_dir,
     common_options,
+    execute,
+    load_config,
+    load_known,
+    make_report_dir,
+    resolve_options,
 )
 
 __all__ = ["openai", "worst_exit", "write_matrix"]
@@ -125,10 +125,16 @@ def _per_target_known(items: tuple[str, ...], bases: list[str]) -> dict[str, Pat
 def openai(ctx: click.Context, urls: tuple[str, ...], model: str | None, target_known: tuple[str, ...],
            **kw: Any) -> None:
     """Certify OpenAI-compatible servers at URLS (http://H:P); profiles openai, openai-strict,
-    openai-tools (default: openai)."""
-    opts: Options = _options(ctx, kw)
+    openai-tools (default: openai).
+
+    Each URL is certified on its own (in <report-dir>/<target>/ when there are several), and
+    matrix.md and matrix.json compare the targets requirement by requirement. URLs may also come
+    from `openai:` in --config. The exit code is the worst target's (0 certified, 3 only known
+    failures, 1 unexpected failures or stale entries, 2 usage or setup error).
+    """
+    opts: Options = resolve_options(ctx, kw)
     if not urls and kw.get("config_file"):
-        urls = tuple(_load_config(kw["config_file"]).get("openai") or ())
+        urls = tuple(load_config(kw["config_file"]).get("openai") or ())
     if not urls:
         raise ConformUsageError("no target: pass one or more URLs (or `openai:` in --config)")
     claimed = opts.profiles or DEFAULT_PROFILES
@@ -137,15 +143,15 @@ def openai(ctx: click.Context, urls: tuple[str, ...], model: str | None, target_
         raise ConformUsageError(f"--token-env {opts.token_env}: the variable is not set")
     bases = [_base_url(u) for u in urls]
     per_target = _per_target_known(target_known, bases)
-    entries = {base: _known(replace(opts, known_failing=per_target.get(base, opts.known_failing)))
+    entries = {base: load_known(replace(opts, known_failing=per_target.get(base, opts.known_failing)))
                for base in bases}
     plan = [(base, model or _first_model(base, token)) for base in bases]  # setup errors before any run
-    report = _report_dir(opts)
+    report = make_report_dir(opts)
     runs: list[dict[str, Any]] = []
     for base, name in plan:
         sub_dir = report / _slug(base) if len(plan) > 1 else report
         click.echo(f"conform openai {base} (model {name}, profiles {', '.join(claimed)})", err=True)
-        code = _execute(["openai"], [f"--openai-target={base}", f"--openai-model={name}"], claimed,
+        code = execute(["openai"], [f"--openai-target={base}", f"--openai-model={name}"], claimed,
                         entries[base], {"kind": "openai", "address": base, "model": name},
                         replace(opts, report_dir=sub_dir,
                                 known_failing=per_target.get(base, opts.known_failing)))

@@ -105,7 +105,7 @@ def test_queue_state_machine(api: Any, orchestrator: Any) -> None:
                 assert state in TERMINAL_STATES, f"[QUE-1001] task {task.task_id} ended in state {state!r}"
                 if task.cancel_ack == "cancelled":
                     streamed = sum(e.count for e in events if e.kind == "token")
-                    assert events[-1].kind == "cancelled", (
+                    assert events[-1].kind == "cancelled" and events[-1].reason == "client", (
                         f"[STR-1029] acknowledged cancel ended {events[-1]}")
                     assert streamed == task.tokens_at_ack, (
                         f"[STR-1035] {streamed} tokens streamed, {task.tokens_at_ack} at the cancel answer")

@@ -11,6 +11,8 @@ from llorch.harness.conform.runner import TestRecord as Record
 from llorch.harness.plugin import RequirementInfo
 from llorch.harness.streamcheck import Event, check_generate_stream, check_task_stream
 
+pytest_plugins = ["pytester"]
+
 
 def good_stream(n: int = 3) -> list[Event]:
     events = [Event("queued", seq=0), Event("started", seq=1)]
@@ -117,3 +119,25 @@ def test_certification_exit_codes() -> None:
     assert cert.exit_code == 0 and cert.advisory_failures[0]["nodeid"] == "harness/b.py::t3"
     uncited = [*passing, rec("harness/b.py::t4", "failed")]
     assert certify(uncited, [], ["core"], INDEX, target).exit_code == 1
+
+
+@pytest.mark.req("HAR-1043")
+def test_unsupported_on_a_claimed_must_fails_certification() -> None:
+    target = {"kind": "openai", "address": "http://x:1"}
+    index = {"OAI-1004": RequirementInfo("openai", "must")}
+    unsupported = Record("harness/c.py::t5", "skipped", ["OAI-1004"], message="unsupported: n > 1 (HTTP 400)")
+    cert = certify([unsupported], [], ["openai"], index, target)
+    assert cert.per_profile == {"openai": "failed"} and cert.unsupported[0]["nodeid"] == "harness/c.py::t5"
+    assert (cert.exit_code, cert.verdict) == (1, "failed")
+    plain_skip = Record("harness/c.py::t6", "skipped", ["OAI-1004"], message="no auth configured")
+    assert certify([plain_skip], [], ["openai"], index, target).exit_code == 0
+
+
+def test_runner_records_skip_reasons_without_pytests_prefix(pytester: pytest.Pytester) -> None:
+    from llorch.harness.conform.runner import _Collector
+
+    pytester.makepyfile(test_x="import pytest\n\ndef test_s():\n    pytest.skip('unsupported: tools')\n")
+    collector = _Collector(lambda n: None, lambda r: None)
+    pytester.inline_run("-p", "no:cacheprovider", plugins=[collector])
+    (record,) = collector.records.values()
+    assert (record.outcome, record.message) == ("skipped", "unsupported: tools")

@@ -48,3 +48,15 @@ def test_token_comes_only_from_the_named_variable(tmp_path: Path, monkeypatch: p
     code, output = run("orchestrator", "grpc://127.0.0.1:9", "--http", "http://127.0.0.1:9",
                        "--token-env", "CONFORM_NO_SUCH_TOKEN", "--report-dir", str(tmp_path))
     assert code == 2 and "CONFORM_NO_SUCH_TOKEN" in output, output
+
+
+@pytest.mark.parametrize("nodeid", ["harness/openai/test_x.py::test_y[chat]",
+                                    "harness/schema/test_api.py::test_fuzz[/v1/tasks]"])
+def test_failure_line_shows_bracketed_node_ids_verbatim(nodeid: str) -> None:
+    from llorch.harness.conform.cli import failure_line
+    from llorch.harness.conform.runner import TestRecord
+    from rich.console import Console
+
+    console = Console(record=True, width=400, color_system=None)
+    console.print(failure_line(TestRecord(nodeid, "failed", ["OAI-1001"], message="got [/b] back\nmore")))
+    assert console.export_text().strip() == f"FAILED {nodeid} [OAI-1001]: got [/b] back"

@@ -110,8 +110,6 @@ def test_known_failures_per_target(control_url: str, tmp_path: Path) -> None:
 
 
 @pytest.mark.req("HAR-1043", "HAR-1042")
-@pytest.mark.xfail(strict=True, reason="harness/conform/runner.py records the skip message with pytest's "
-                   "'Skipped: ' prefix, so certify.py never sees 'unsupported:'; remove once it strips it")
 def test_unsupported_fails_a_claimed_must(control_url: str, tmp_path: Path) -> None:
     res = CliRunner().invoke(openai_cmd, [control_url, "--profile", "openai-tools", "--report-dir",
                                           str(tmp_path), "-k", "test_tools"])

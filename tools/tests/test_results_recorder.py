@@ -42,6 +42,12 @@ class TestThings:
         assert 1 == 2, "one is not two"
 
 
+def test_with_evidence(record_property):
+    record_property("evidence", "POST /v1/chat/completions -> 500")
+    record_property("evidence", "body: {}")
+    assert False
+
+
 def test_teardown_error(broken_teardown):
     pass
 
@@ -110,7 +116,7 @@ def test_outcomes(results: dict) -> None:
         "TestThings::test_pass": "passed", "TestThings::test_fail": "failed",
         "test_teardown_error": "error", "test_setup_error": "error", "test_needs_gpu": "skipped",
         "test_marked_skip": "skipped", "test_xfail": "xfailed", "test_xpass": "xpassed",
-        "test_param[1]": "passed", "test_param[2]": "passed",
+        "test_param[1]": "passed", "test_param[2]": "passed", "test_with_evidence": "failed",
     }
     assert "one is not two" in tests["TestThings::test_fail"]["message"]
     assert "teardown" in tests["test_teardown_error"]["message"]
@@ -118,6 +124,12 @@ def test_outcomes(results: dict) -> None:
     assert tests["test_needs_gpu"]["skip_reason"] == "gpu: no accelerator visible"
     assert tests["test_needs_gpu"]["needs"] == ["gpu"]
     assert tests["test_xfail"]["skip_reason"] == "known gap"
+
+
+def test_evidence_is_copied_per_test(results: dict) -> None:
+    tests = _by_name(results)
+    assert tests["test_with_evidence"]["evidence"] == "POST /v1/chat/completions -> 500\n\nbody: {}"
+    assert "evidence" not in tests["TestThings::test_fail"]
 
 
 @pytest.mark.req("HAR-1016")

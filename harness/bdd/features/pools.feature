@@ -20,3 +20,9 @@ Feature: Pool drain and reload
     When the operator drains pool "pool-b"
     Then pool "pool-b" reports draining
     And a task pinned to pool "pool-b" is refused with 503 POOL_UNREADY
+
+  @POOL-1001
+  Scenario: The pools list describes every pool the target announces
+    Given a tenant of its own
+    When the tenant lists the pools
+    Then every pool of the capabilities is listed with its fields and replicas

@@ -13,4 +13,4 @@ Feature: Sessions
   Scenario: Another tenant cannot use the session
     Given a tenant of its own
     And a session with 2 turns
-    Then another tenant reading the session gets 404 SESSION_NOT_FOUND
+    Then another tenant can neither read, use nor delete the session
