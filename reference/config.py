@@ -11,11 +11,19 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
 from llorch.reference.errors import InvalidParams
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 # req: CFG-1001, CFG-1003
 _STRICT = ConfigDict(extra="forbid", strict=True, frozen=True, use_attribute_docstrings=True)
@@ -25,7 +33,11 @@ NonNegInt = Annotated[int, Field(ge=0)]
 Port = Annotated[int, Field(ge=0, le=65535)]
 Ident = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$")]
 FullPolicyName = Literal["reject", "drop-lru", "shed-lower-priority"]
-EngineName = Literal["mock", "remote"]
+EngineName = Literal["mock", "remote", "llamacpp", "openai", "tgi", "triton", "llama-inprocess"]
+"""``mock`` and ``remote`` are configured by their own blocks; the others are the real-engine adapters
+of ``adapters/registry.py`` (its ``ENGINES``), configured by ``params``."""
+ParamValue = str | int | float | bool
+LaunchKind = Literal["llama-cpp-python-server", "command"]
 FailCode = Literal["ENGINE_ERROR", "WORKER_RESET", "DECODE_TIMEOUT"]
 
 
@@ -185,6 +197,37 @@ class RemoteEngineConfig(Strict):
     """Timeout of health calls to the engine."""
 
 
+class LaunchConfig(Strict):
+    """A local engine process the pool starts and supervises, one per replica (pool/supervisor.py).
+
+    The replica's adapter is the ``openai`` one, pointed at the process's address."""
+
+    # req: POOL-1026, POOL-1029, POOL-1030
+    kind: LaunchKind = "llama-cpp-python-server"
+    """``llama-cpp-python-server``: ``python -m llama_cpp.server`` serving model_path; ``command``:
+    argv, with {host}, {port} and {model_path} replaced, serving the OpenAI completions API."""
+    model_path: str = Field(min_length=1)
+    """The model file; its sha256 is the replica's model digest."""
+    argv: list[str] = Field(default_factory=list)
+    """kind command: the engine's command line."""
+    health_path: str = Field(default="/v1/models", pattern=r"^/")
+    """GET path answering 200 once the engine can serve."""
+    n_threads: PositiveInt | None = None
+    """kind llama-cpp-python-server: CPU threads; absent = the engine's default."""
+    n_ctx: PositiveInt = 2048
+    """kind llama-cpp-python-server: context size."""
+    start_timeout_s: Annotated[float, Field(gt=0)] = 60.0
+    """An engine not ready this long after a start is killed and started again (replica unready)."""
+    stop_grace_s: Annotated[float, Field(ge=0)] = 5.0
+    """On stop, SIGKILL follows SIGTERM after this long."""
+
+    @model_validator(mode="after")
+    def _check(self) -> LaunchConfig:
+        if (self.kind == "command") != bool(self.argv):
+            raise ValueError("launch: argv is required with kind command and refused otherwise")
+        return self
+
+
 class ReplicaConfig(Strict):
     """One replica of a pool."""
 
@@ -203,6 +246,11 @@ class PoolConfig(Strict):
     """Model the pool serves."""
     engine: EngineName = "mock"
     """Adapter of the replicas."""
+    params: dict[str, ParamValue] = Field(default_factory=dict)
+    """Real engines: the adapter's parameters (adapters/registry.py ``build_adapter``); with launch,
+    base_url comes from the launched process."""
+    launch: LaunchConfig | None = None
+    """Start and supervise a local engine process per replica (engine: openai)."""
     replicas: PositiveInt | list[ReplicaConfig] = 1
     """A count (ids <pool>-r0, <pool>-r1, …) or a list of replicas."""
     slots_per_replica: PositiveInt = 1
@@ -211,6 +259,15 @@ class PoolConfig(Strict):
     """Mock engine parameters (engine: mock)."""
     remote: RemoteEngineConfig = Field(default_factory=RemoteEngineConfig)
     """Remote engine parameters (engine: remote)."""
+
+    @field_validator("engine", mode="before")
+    @classmethod
+    def _known_engine(cls, value: Any, info: ValidationInfo) -> Any:
+        """An unknown engine names the pool (the generic error names only its list index)."""
+        if value not in get_args(EngineName):
+            raise ValueError(f"pool {info.data.get('id', '?')}: unknown engine {value!r}; "
+                             f"known: {list(get_args(EngineName))}")
+        return value
 
     @model_validator(mode="after")
     def _check(self) -> PoolConfig:
@@ -225,6 +282,15 @@ class PoolConfig(Strict):
             missing = [r.id for r in self.replica_list() if not r.address]
             if missing:
                 raise ValueError(f"pool {self.id}: remote replicas need an address: {missing}")
+        if self.params and self.engine in ("mock", "remote"):
+            raise ValueError(f"pool {self.id}: params are for real engines, not {self.engine!r}")
+        if self.launch is not None:
+            if self.engine != "openai":
+                raise ValueError(f"pool {self.id}: launch serves the openai engine, not {self.engine!r}")
+            if "base_url" in self.params:
+                raise ValueError(f"pool {self.id}: with launch, base_url is the launched engine's")
+        if "model" in self.params:
+            raise ValueError(f"pool {self.id}: params.model: the adapter serves the pool's model")
         return self
 
     def replica_list(self) -> list[ReplicaConfig]:
@@ -352,8 +418,8 @@ def config_json_schema() -> dict[str, Any]:
 
 
 __all__ = [
-    "AuthConfig", "BudgetsConfig", "Config", "LimitsConfig", "MockEngineConfig", "ModelConfig",
-    "PoolConfig", "QueueConfig", "RemoteEngineConfig", "ReplicaConfig", "RuntimeConfig",
+    "AuthConfig", "BudgetsConfig", "Config", "LaunchConfig", "LimitsConfig", "MockEngineConfig",
+    "ModelConfig", "PoolConfig", "QueueConfig", "RemoteEngineConfig", "ReplicaConfig", "RuntimeConfig",
     "ServerConfig", "SessionsConfig", "StoreConfig", "TenantBudget", "TlsConfig", "TokenConfig",
     "config_json_schema", "default_config", "load_config", "parse_config",
 ]

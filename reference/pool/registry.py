@@ -7,18 +7,32 @@ keep occupying their slots and no replica ever runs more than ``total_slots`` ta
 A ``Lease`` is released exactly once, on whatever path its task ends; the runtime releases it
 in a ``finally``. Every change that can make a queued task placeable (a release, a replica
 turning ready, a reload finishing) calls ``on_change`` so the dispatcher wakes.
+
+A pool with a ``launch`` block runs one ``EngineSupervisor`` per replica: the registry starts the
+engines with the pool, keeps the replica unready while its engine starts or restarts, cancels the
+tasks running on an engine that crashed (they end with ``WORKER_RESET``), and stops the engines
+(SIGTERM, then SIGKILL) when the pool's replicas are closed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import importlib.metadata
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 from llorch.reference.adapters.base import Adapter, EngineInfo
-from llorch.reference.config import Config, PoolConfig, ReplicaConfig
-from llorch.reference.errors import Conflict, ErrorCode, ErrorInfo, NotFound
+from llorch.reference.config import Config, LaunchConfig, PoolConfig, ReplicaConfig
+from llorch.reference.errors import Conflict, ErrorCode, ErrorInfo, InvalidParams, NotFound
+from llorch.reference.pool.supervisor import (
+    EngineProcessSpec,
+    EngineState,
+    EngineSupervisor,
+    free_port,
+    llama_cpp_python_server,
+)
 from llorch.reference.runtime.api import PoolStatus, ReplicaStatus
 
 log = logging.getLogger("llorch.pool")
@@ -37,7 +51,53 @@ def default_adapter_factory(pool: PoolConfig, replica: ReplicaConfig, model: str
         from llorch.reference.adapters.remote import RemoteAdapter
 
         return RemoteAdapter(replica.address, connect_timeout_s=pool.remote.connect_timeout_ms / 1000)
-    raise ValueError(f"unknown engine {pool.engine!r}")
+    return _real_adapter(pool, pool.engine, {**pool.params, "model": model})
+
+
+def _real_adapter(pool: PoolConfig, engine: str, params: dict[str, Any]) -> Adapter:
+    """``adapters/registry.build_adapter``, its refusals naming the pool."""
+    from llorch.reference.adapters.registry import build_adapter
+
+    try:
+        return build_adapter(engine, params)
+    except InvalidParams as exc:
+        raise InvalidParams(f"pool {pool.id}: {exc.message}") from exc
+
+
+def launch_spec(launch: LaunchConfig, host: str = "127.0.0.1") -> EngineProcessSpec:
+    """The engine process one replica of a pool with a ``launch`` block runs, on a free port."""
+    port = free_port(host)
+    base = f"http://{host}:{port}"
+    if launch.kind == "llama-cpp-python-server":
+        spec = llama_cpp_python_server(launch.model_path, port=port, host=host, n_ctx=launch.n_ctx,
+                                       n_threads=launch.n_threads)
+        argv = spec.argv
+    else:
+        values = {"{host}": host, "{port}": str(port), "{model_path}": launch.model_path}
+        argv = tuple(_substitute(arg, values) for arg in launch.argv)
+    return EngineProcessSpec(argv=argv, health_url=base + launch.health_path, base_url=base,
+                             start_timeout_s=launch.start_timeout_s, stop_grace_s=launch.stop_grace_s)
+
+
+def _substitute(arg: str, values: dict[str, str]) -> str:
+    for key, value in values.items():
+        arg = arg.replace(key, value)
+    return arg
+
+
+def launched_adapter(pool: PoolConfig, model: str, spec: EngineProcessSpec) -> Adapter:
+    """The ``openai`` adapter of a launched engine: its address, the model file (the digest), and
+    for llama-cpp-python the installed package's version (its server reports none)."""
+    assert pool.launch is not None
+    defaults: dict[str, Any] = {"model_path": pool.launch.model_path}
+    if pool.launch.kind == "llama-cpp-python-server":
+        defaults["engine_model"] = pool.launch.model_path  # the server's default model alias
+        try:
+            defaults["engine_version"] = importlib.metadata.version("llama_cpp_python")
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    params = {**defaults, **pool.params, "model": model, "base_url": spec.base_url}
+    return _real_adapter(pool, "openai", params)
 
 
 @dataclass
@@ -64,6 +124,21 @@ class Replica:
     exhausted: bool = False
     """The engine answered REPLICA_EXHAUSTED despite a free lease: believe it (no free slot) until a
     lease on this replica is released or a props probe reports a free slot (POOL-1014)."""
+    supervisor: EngineSupervisor | None = None
+    """The local engine process behind the adapter, for pools with a ``launch`` block."""
+
+    @property
+    def engine_ready(self) -> bool:
+        """False while a supervised engine starts, restarts or is stopped."""
+        return self.supervisor is None or self.supervisor.ready
+
+    async def aclose(self) -> None:
+        """Close the adapter, then stop the supervised engine (SIGTERM, then SIGKILL)."""
+        try:
+            await self.adapter.aclose()
+        finally:
+            if self.supervisor is not None:
+                await self.supervisor.stop()  # req: POOL-1029
 
     @property
     def total_slots(self) -> int:
@@ -83,7 +158,8 @@ class Replica:
         return ReplicaStatus(replica_id=self.replica_id, ready=self.ready, total_slots=self.total_slots,
                              free_slots=self.free_slots, engine=info.engine if info else "",
                              engine_version=info.engine_version if info else "",
-                             model_digest=info.model_digest if info else "")
+                             model_digest=info.model_digest if info else "",
+                             build_info=info.build_info if info else "")
 
 
 class Lease:
@@ -229,6 +305,8 @@ class PoolRegistry:
                                      on_change=self._changed)
         self._probe_task: asyncio.Task[None] | None = None
         self._reload_lock = asyncio.Lock()
+        self._engine_tasks: set[asyncio.Task[bool]] = set()  # probes and cancels started by engines
+        self._closing = False
 
     def set_on_change(self, callback: Callable[[], None]) -> None:
         self._on_change = callback
@@ -242,9 +320,55 @@ class PoolRegistry:
         reps: dict[str, Replica] = {}
         for rc in pc.replica_list():
             counter = self._counters.setdefault(rc.id, SlotCounter())
-            reps[rc.id] = Replica(replica_id=rc.id, pool_id=pc.id, adapter=self._factory(pc, rc, model),
-                                  slots=counter, configured_slots=pc.slots_per_replica)
+            supervisor = None
+            if pc.launch is not None:
+                supervisor = EngineSupervisor(launch_spec(pc.launch))
+                adapter = launched_adapter(pc, model, supervisor.spec)
+            else:
+                adapter = self._factory(pc, rc, model)
+            replica = reps[rc.id] = Replica(replica_id=rc.id, pool_id=pc.id, adapter=adapter, slots=counter,
+                                            configured_slots=pc.slots_per_replica, supervisor=supervisor)
+            if supervisor is not None:
+                supervisor.on_change(self._engine_listener(replica))
         return reps
+
+    def _engine_listener(self, replica: Replica) -> Callable[[EngineState], None]:
+        return lambda state: self._engine_changed(replica, state)
+
+    def _engine_changed(self, replica: Replica, state: EngineState) -> None:
+        """A supervised engine changed state: probe it once ready; otherwise the replica is unready
+        at once, and after a crash the tasks still running on it are ended."""
+        if self._closing:
+            replica.ready = False
+            return
+        if state is EngineState.READY:
+            # req: POOL-1028 (ready again once the restarted engine answers a probe)
+            self._background(self.probe_replica(replica))
+            return
+        error = replica.supervisor.last_error if replica.supervisor is not None else ""
+        self._set_unready(replica, f"engine {state.value}" + (f": {error}" if error else ""))
+        if state is EngineState.BACKOFF:
+            # req: POOL-1027 (a stream cut short without an end event ends its task with WORKER_RESET)
+            pool = self.pools.get(replica.pool_id)
+            running = [t for t, lease in (pool.leases.items() if pool else ()) if lease.replica is replica]
+            for task_id in running:
+                log.warning("engine of %s/%s crashed: ending task %s", replica.pool_id, replica.replica_id,
+                            task_id)
+                self._background(replica.adapter.cancel(task_id))
+
+    def _background(self, coro: Coroutine[Any, Any, bool]) -> None:
+        """Run ``coro`` on the loop, holding a reference until it ends (``close`` cancels it)."""
+        task = asyncio.get_running_loop().create_task(coro)
+        self._engine_tasks.add(task)
+        task.add_done_callback(self._engine_tasks.discard)
+
+    def _set_unready(self, replica: Replica, detail: str) -> None:
+        was_ready = replica.ready
+        replica.ready = False
+        replica.detail = detail
+        if was_ready:
+            log.info("replica %s/%s is now unready (%s)", replica.pool_id, replica.replica_id, detail)
+            self._changed()
 
     # ---- lookup ----------------------------------------------------------------------------------
 
@@ -275,6 +399,11 @@ class PoolRegistry:
         """One health + props (+ engine info) probe; updates readiness. True when ready."""
         timeout = self._config.runtime.probe_timeout_ms / 1000
         was_ready = replica.ready
+        if not replica.engine_ready:
+            # req: POOL-1026, POOL-1030
+            assert replica.supervisor is not None
+            self._set_unready(replica, f"engine {replica.supervisor.state.value}")
+            return False
         try:
             async with asyncio.timeout(timeout):
                 health = await replica.adapter.health()
@@ -286,7 +415,7 @@ class PoolRegistry:
                     if replica.exhausted and props.free_slots > 0:
                         replica.exhausted = False
                         self._changed()
-            ok, detail = health.ready, health.detail
+            ok, detail = health.ready and replica.engine_ready, health.detail
         except Exception as exc:  # any probe failure counts; the replica stays registered
             ok, detail = False, f"probe failed: {type(exc).__name__}: {exc}"
         if ok:
@@ -308,7 +437,11 @@ class PoolRegistry:
         await asyncio.gather(*(self.probe_replica(r) for r in reps))
 
     async def start(self) -> None:
-        """First probe of every replica, then the periodic loop."""
+        """Start the supervised engines (ready later, each on its own), first probe of every replica,
+        then the periodic loop."""
+        for replica in self.replicas():
+            if replica.supervisor is not None:
+                await replica.supervisor.start()
         await self.probe_all()
         self._probe_task = asyncio.create_task(self._probe_loop(), name="llorch-pool-probe")
 
@@ -323,12 +456,14 @@ class PoolRegistry:
                 log.exception("probe round failed")
 
     async def close(self) -> None:
-        if self._probe_task is not None:
-            self._probe_task.cancel()
-            await asyncio.gather(self._probe_task, return_exceptions=True)
-        adapters = [r.adapter for r in self.replicas()]
-        adapters += [r.adapter for _, reps in self._retired for r in reps]
-        await asyncio.gather(*(a.aclose() for a in adapters), return_exceptions=True)
+        """Stop probing, close every adapter and stop every supervised engine."""
+        self._closing = True
+        probes = [t for t in (self._probe_task, *self._engine_tasks) if t is not None]
+        for t in probes:
+            t.cancel()
+        await asyncio.gather(*probes, return_exceptions=True)
+        replicas = list(self.replicas()) + [r for _, reps in self._retired for r in reps]
+        await asyncio.gather(*(r.aclose() for r in replicas), return_exceptions=True)
 
     # ---- drain -----------------------------------------------------------------------------------
 
@@ -372,6 +507,7 @@ class PoolRegistry:
             try:
                 new = self._build(pool.config, model)
                 failures = []
+                await self._start_engines(new.values())
                 for rep in new.values():
                     if not await self.probe_replica(rep):
                         failures.append(f"{rep.replica_id}: {rep.detail}")
@@ -379,7 +515,7 @@ class PoolRegistry:
                         failures.append(f"{rep.replica_id}: engine serves {rep.info.model!r}")
                 if failures:
                     # req: POOL-1021, POOL-1252 (the drain flag is left as it was)
-                    await asyncio.gather(*(r.adapter.aclose() for r in new.values()), return_exceptions=True)
+                    await asyncio.gather(*(r.aclose() for r in new.values()), return_exceptions=True)
                     return False, True, ErrorInfo(ErrorCode.ENGINE_ERROR,
                                                   "reload failed, rolled back: " + "; ".join(failures))
                 # req: POOL-1020, POOL-1022
@@ -392,11 +528,20 @@ class PoolRegistry:
                 self._retire(pool, old)
                 return True, False, None
             except Exception as exc:
-                await asyncio.gather(*(r.adapter.aclose() for r in new.values()), return_exceptions=True)
+                await asyncio.gather(*(r.aclose() for r in new.values()), return_exceptions=True)
                 return False, True, ErrorInfo(ErrorCode.ENGINE_ERROR, f"reload failed, rolled back: {exc}")
             finally:
                 pool.reloading = False
                 self._changed()
+
+    @staticmethod
+    async def _start_engines(replicas: Iterable[Replica]) -> None:
+        """Start the supervised engines of a new replica set and wait for them (each bounded by its
+        start timeout), so the reload's probe sees them ready or reports why not."""
+        sups = [r.supervisor for r in replicas if r.supervisor is not None]
+        for sup in sups:
+            await sup.start()
+        await asyncio.gather(*(sup.wait_ready(sup.spec.start_timeout_s) for sup in sups))
 
     @staticmethod
     def _refuse_busy(pool: Pool) -> None:
@@ -410,7 +555,7 @@ class PoolRegistry:
         idle = [r for r in old if r.adapter not in still]
         busy = [r for r in old if r.adapter in still]
         for r in idle:
-            asyncio.get_running_loop().create_task(r.adapter.aclose())
+            asyncio.get_running_loop().create_task(r.aclose())
         if busy:
             self._retired.append((pool, busy))
 
@@ -422,11 +567,11 @@ class PoolRegistry:
             busy = [r for r in reps if r.adapter in still]
             for r in reps:
                 if r.adapter not in still:
-                    asyncio.get_running_loop().create_task(r.adapter.aclose())
+                    asyncio.get_running_loop().create_task(r.aclose())
             if busy:
                 keep.append((pool, busy))
         self._retired = keep
 
 
 __all__ = ["AdapterFactory", "Lease", "Pool", "PoolRegistry", "Replica", "SlotCounter",
-           "default_adapter_factory"]
+           "default_adapter_factory", "launch_spec", "launched_adapter"]

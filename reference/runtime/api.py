@@ -31,6 +31,7 @@ class ReplicaStatus:
     engine: str
     engine_version: str
     model_digest: str
+    build_info: str = ""  # the engine's own build description (HTTP only; the proto has no field)
 
 
 @dataclass(frozen=True, slots=True)

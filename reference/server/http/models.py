@@ -173,6 +173,7 @@ class ReplicaOut(BaseModel):
     engine: str
     engine_version: str
     model_digest: str
+    build_info: str = ""
 
 
 class PoolOut(BaseModel):
@@ -192,7 +193,8 @@ class PoolOut(BaseModel):
                    total_slots=p.total_slots, free_slots=p.free_slots, generation=p.generation,
                    replicas=[ReplicaOut(replica_id=r.replica_id, ready=r.ready, total_slots=r.total_slots,
                                         free_slots=r.free_slots, engine=r.engine,
-                                        engine_version=r.engine_version, model_digest=r.model_digest)
+                                        engine_version=r.engine_version, model_digest=r.model_digest,
+                                        build_info=r.build_info)
                              for r in p.replicas])
 
 
