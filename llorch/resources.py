@@ -41,3 +41,9 @@ def repo_root() -> Path | None:
     """The source checkout this package runs from, if any (None for a regular install)."""
     root = _PACKAGE_ROOT.parent
     return root if (root / "pyproject.toml").is_file() and (root / "specs").is_dir() else None
+
+
+def contract_version() -> str:
+    """The version of the wire contracts (``contracts/VERSION``, MAJOR.MINOR), which the HTTP
+    gateway reports as its OpenAPI ``info.version``."""
+    return (contracts_dir() / "VERSION").read_text().strip()

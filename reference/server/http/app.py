@@ -46,7 +46,7 @@ from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Scope, Send
 
-from llorch import __version__
+from llorch.resources import contract_version
 
 log = logging.getLogger("llorch.server.http")
 
@@ -209,7 +209,7 @@ def create_app(orchestrator: OrchestratorApi, security: SecuritySettings | None 
     from llorch.reference.server.http.openai import router as openai_router
 
     security = security or SecuritySettings()
-    app = FastAPI(title="llorch", version=__version__,
+    app = FastAPI(title="llorch", version=contract_version(),
                   description="llorch reference orchestrator: task API, SSE events, pools, sessions, "
                               "probes, metrics and OpenAI-compatible routes.",
                   responses=ERROR_RESPONSES)
