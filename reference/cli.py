@@ -22,7 +22,7 @@ import click
 from llorch.client import DEFAULT_URL, ApiError, Client, ClientError
 
 URL_OPTION = click.option("--url", default=DEFAULT_URL, show_default=True, envvar="LLORCH_URL",
-                          help="Base URL of the orchestrator's HTTP API.")
+                          help="Base URL of the orchestrator's HTTP API (env LLORCH_URL).")
 TOKEN_OPTION = click.option("--token-env", metavar="VAR", default=None,
                             help="Environment variable holding the bearer token.")
 TENANT_OPTION = click.option("--tenant", default=None,
@@ -82,10 +82,14 @@ def _asdict(obj: Any) -> Any:
 @click.option("--json", "as_json", is_flag=True,
               help="Print one JSON line {grpc, http, pid} once both servers accept connections.")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="warning",
-              show_default=True)
+              show_default=True, help="Log level of the server's stderr log.")
 def serve(config_path: Path | None, host: str | None, grpc_port: int | None, http_port: int | None,
           as_json: bool, log_level: str) -> None:
-    """Run the reference orchestrator: gRPC and HTTP in one process, until SIGTERM/SIGINT."""
+    """Run the reference orchestrator: gRPC and HTTP in one process, until SIGTERM/SIGINT.
+
+    A non-loopback --host needs auth tokens in the config (else exit 2). Exit 2 also on an invalid
+    config or a busy port.
+    """
     import logging
 
     from llorch.reference.config import default_config, load_config
@@ -144,9 +148,11 @@ def adapter() -> None:
 
 @adapter.command("serve")
 @click.option("--engine", default="mock", show_default=True,
-              help="mock, or a real engine of llorch.reference.adapters.registry (with --param).")
+              help="mock, or a real engine configured with --param: llamacpp, openai, tgi, triton, "
+                   "llama-inprocess.")
 @click.option("--model", default="llorch-mock", show_default=True, help="Model the mock engine serves.")
-@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Bind address; only loopback (the WorkerAdapter server has no auth).")
 @click.option("--port", type=click.IntRange(0, 65535), default=50061, show_default=True,
               help="gRPC port, 0 = free port.")
 @click.option("--slots", type=click.IntRange(1, 1024), default=1, show_default=True,
@@ -228,10 +234,13 @@ async def _run_adapter(adapter: Any, host: str, port: int, announce: Callable[[s
 @click.command("submit")
 @click.argument("prompt")
 @click.option("--model", default=None, help="Model (default: the first the server serves).")
-@click.option("--max-tokens", type=click.IntRange(1), default=64, show_default=True)
-@click.option("--temperature", type=float, default=None)
-@click.option("--seed", type=click.IntRange(0), default=None)
-@click.option("--priority", type=click.Choice(["high", "normal", "low"]), default=None)
+@click.option("--max-tokens", type=click.IntRange(1), default=64, show_default=True,
+              help="Most tokens to generate.")
+@click.option("--temperature", type=float, default=None,
+              help="Sampling temperature (default: the server's, 0 = greedy).")
+@click.option("--seed", type=click.IntRange(0), default=None, help="Sampler seed, for reproducible output.")
+@click.option("--priority", type=click.Choice(["high", "normal", "low"]), default=None,
+              help="Queue priority class (default: normal).")
 @click.option("--pool", "pin_pool", default=None, help="Pin the task to this pool.")
 @URL_OPTION
 @TOKEN_OPTION
@@ -292,14 +301,17 @@ def tasks() -> None:
 
 @tasks.command("list")
 @click.option("--state", type=click.Choice(["queued", "dispatched", "streaming", "completed", "cancelled",
-                                            "failed", "expired"]), default=None)
-@click.option("--limit", type=click.IntRange(1, 1000), default=100, show_default=True)
+                                            "failed", "expired"]), default=None,
+              help="Only tasks in this state.")
+@click.option("--limit", type=click.IntRange(1, 1000), default=100, show_default=True,
+              help="Most tasks to list.")
 @URL_OPTION
 @TOKEN_OPTION
 @TENANT_OPTION
 @JSON_OPTION
 def tasks_list(state: str | None, limit: int, url: str, token_env: str | None, tenant: str | None,
                as_json: bool) -> None:
+    """List the caller's tasks, newest first."""
     with _client(url, token_env, tenant) as client:
         rows = _call(lambda: client.list_tasks(state=state, limit=limit))
     if as_json:
@@ -317,6 +329,7 @@ def tasks_list(state: str | None, limit: int, url: str, token_env: str | None, t
 @TENANT_OPTION
 @JSON_OPTION
 def tasks_show(task_id: str, url: str, token_env: str | None, tenant: str | None, as_json: bool) -> None:
+    """Show one task's record: state, placement, tokens, finish reason or error."""
     with _client(url, token_env, tenant) as client:
         task = _call(lambda: client.get_task(task_id))
     if as_json:
@@ -336,6 +349,7 @@ def pools() -> None:
 @TOKEN_OPTION
 @JSON_OPTION
 def pools_list(url: str, token_env: str | None, as_json: bool) -> None:
+    """List pools: model, engine, readiness, free slots, generation."""
     with _client(url, token_env, None) as client:
         rows = _call(client.pools)
     if as_json:
@@ -349,11 +363,15 @@ def pools_list(url: str, token_env: str | None, as_json: bool) -> None:
 
 @pools.command("drain")
 @click.argument("pool_id")
-@click.option("--deadline-ms", type=click.IntRange(0), default=0, show_default=True)
+@click.option("--deadline-ms", type=click.IntRange(0), default=0, show_default=True,
+              help="How long running tasks may finish before they are cancelled; 0 = the server's "
+                   "runtime.drain_deadline_ms.")
 @URL_OPTION
 @TOKEN_OPTION
 @JSON_OPTION
 def pools_drain(pool_id: str, deadline_ms: int, url: str, token_env: str | None, as_json: bool) -> None:
+    """Drain POOL_ID: place no new task on it, let running ones finish until the deadline, cancel
+    the rest (admin token when auth is configured)."""
     with _client(url, token_env, None) as client:
         result = _call(lambda: client.drain(pool_id, deadline_ms=deadline_ms))
     if as_json:
@@ -364,11 +382,13 @@ def pools_drain(pool_id: str, deadline_ms: int, url: str, token_env: str | None,
 
 @pools.command("reload")
 @click.argument("pool_id")
-@click.option("--model", required=True)
+@click.option("--model", required=True, help="Model the pool serves after the reload.")
 @URL_OPTION
 @TOKEN_OPTION
 @JSON_OPTION
 def pools_reload(pool_id: str, model: str, url: str, token_env: str | None, as_json: bool) -> None:
+    """Reload POOL_ID with --model atomically, rolled back on failure; exit 1 unless it succeeded
+    (admin token when auth is configured)."""
     with _client(url, token_env, None) as client:
         result = _call(lambda: client.reload(pool_id, model))
     if as_json:

@@ -80,7 +80,7 @@ def trace() -> None:
               type=click.Path(exists=True, path_type=Path),
               help="Results JSON or JUnit XML file, or a folder of them (repeatable).")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("out/trace"),
-              show_default=True)
+              show_default=True, help="Folder for index.html, report.md and report.json.")
 @click.option("--profile", "profiles", multiple=True, help="Profiles the gate covers (default: all).")
 @click.option("--gate", is_flag=True, help="Exit 1 when a MUST of the selected profiles is not met.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
@@ -88,7 +88,11 @@ def trace() -> None:
               help="Repository root holding requirements/ (default: as for spec extract).")
 def report(results: tuple[Path, ...], out: Path, profiles: tuple[str, ...], gate: bool, as_json: bool,
            root: Path | None) -> None:
-    """Write index.html, report.md and report.json from the maps and test results."""
+    """Write index.html, report.md and report.json from the maps and test results.
+
+    With --gate, exit 1 when a MUST of the selected profiles failed, or is untested or skipped
+    without a waiver (requirements/waivers.yaml) or a declared skip; exit 2 on unreadable inputs.
+    """
     from llorch.tools import trace as tracemod
 
     base = _requirements_root(root)
@@ -116,9 +120,14 @@ def report(results: tuple[Path, ...], out: Path, profiles: tuple[str, ...], gate
 @trace.command("review")
 @click.argument("req_id")
 @click.option("--test", "tests", multiple=True, help="Only this linked test node id (repeatable).")
-@click.option("--root", type=click.Path(file_okay=False, path_type=Path), default=None)
+@click.option("--root", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Repository root (default: the current directory or this checkout).")
 def review(req_id: str, tests: tuple[str, ...], root: Path | None) -> None:
-    """Record that REQ_ID's links were reviewed against its current text."""
+    """Record that REQ_ID's links were reviewed against its current text.
+
+    Stores the requirement's fingerprint per linked test in requirements/reviews.yaml; a link whose
+    requirement text changes later shows as suspect in the trace report until reviewed again.
+    """
     from llorch.tools.trace import review as reviewmod
 
     base = _root(root)
