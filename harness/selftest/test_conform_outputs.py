@@ -89,7 +89,8 @@ def test_conform_orchestrator_runs_against_the_given_addresses(reference: target
     grpc_url, http_url = reference.info["grpc"], reference.info["http"]
     grpc_url = grpc_url if "://" in grpc_url else f"grpc://{grpc_url}"
     proc = conform("orchestrator", grpc_url, "--http", http_url, "--report-dir", str(tmp_path),
-                   "--suite", "metrics", "--suite", "contract", "-k", "test_exposition_format or test_cancel_unknown")
+                   "--suite", "metrics", "--suite", "contract",
+                   "-k", "test_exposition_format or test_cancel_unknown")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "starting the embedded reference" not in proc.stderr
     target = results(tmp_path)["environment"]["target"]
@@ -236,20 +237,24 @@ def test_openai_failure_carries_request_and_response_bytes(tmp_path: Path) -> No
 
 # ---- tokens ----------------------------------------------------------------------------------
 
-
-def _commands() -> dict[str, click.Command]:
-    ctx = click.Context(main)
-    group = main.get_command(ctx, "conform")
-    submit = main.get_command(ctx, "submit")
-    assert isinstance(group, click.Group) and submit is not None
-    found: dict[str, click.Command] = {"conform": group, "submit": submit}
-    gctx = click.Context(group)
-    for name in group.list_commands(gctx):
-        cmd = group.get_command(gctx, name)
-        assert cmd is not None
-        found[f"conform {name}"] = cmd
-    return found
-
+# Runs in its own interpreter: `llorch submit` lives in the reference, which this harness process
+# never imports. Prints the command's option names, its --help, and what `--token` does to it.
+_PROBE = """
+import json, sys
+import click
+from click.testing import CliRunner
+from llorch.cli import main
+path = sys.argv[1:]
+cmd, ctx = main, click.Context(main)
+for name in path:
+    cmd = cmd.get_command(ctx, name)
+    ctx = click.Context(cmd)
+opts = [o for p in cmd.params for o in (*p.opts, *p.secondary_opts)]
+help_text = CliRunner().invoke(main, [*path, "--help"]).output
+extra = ["hello"] if path == ["submit"] else []
+res = CliRunner().invoke(main, [*path, *extra, "--token", "sk-secret-value"])
+print(json.dumps({"opts": opts, "help": help_text, "exit": res.exit_code, "output": res.output}))
+"""
 
 # an option that could carry a credential (``--max-tokens`` counts tokens, it carries none)
 CREDENTIAL = re.compile(r"token(?!s\b)|key|bearer|secret|passw|auth", re.I)
@@ -259,13 +264,13 @@ CREDENTIAL = re.compile(r"token(?!s\b)|key|bearer|secret|passw|auth", re.I)
 @pytest.mark.parametrize("name", ["conform", "conform orchestrator", "conform adapter", "conform openai",
                                   "submit"])
 def test_no_token_on_the_command_line(name: str) -> None:
-    cmd = _commands()[name]
-    credential_opts = {o for p in cmd.params for o in (*p.opts, *p.secondary_opts) if CREDENTIAL.search(o)}
+    proc = subprocess.run([sys.executable, "-c", _PROBE, *name.split()], capture_output=True, text=True,
+                          timeout=RUN_TIMEOUT_S, check=True)
+    probe = json.loads(proc.stdout.strip().splitlines()[-1])
+    credential_opts = {o for o in probe["opts"] if CREDENTIAL.search(o)}
     assert credential_opts == {"--token-env"}, f"llorch {name} offers {sorted(credential_opts)}"
-    help_text = CliRunner().invoke(main, [*name.split(), "--help"]).output
-    offered = {w.rstrip(",") for w in help_text.split() if w.startswith("--") and CREDENTIAL.search(w)}
+    offered = {w.rstrip(",") for w in probe["help"].split() if w.startswith("--") and CREDENTIAL.search(w)}
     assert offered == {"--token-env"}, offered
-    args = [*name.split(), *(["hello"] if name == "submit" else []), "--token", "sk-secret-value"]
-    res = CliRunner().invoke(main, args)
-    assert res.exit_code == 2 and "No such option" in res.output and "--token" in res.output, res.output
-    assert "sk-secret-value" not in res.output
+    assert probe["exit"] == 2, probe["output"]
+    assert "No such option" in probe["output"] and "--token" in probe["output"], probe["output"]
+    assert "sk-secret-value" not in probe["output"]
