@@ -4,6 +4,14 @@ orchestrator built to pass it. Subpackages: ``llorch.reference``, ``llorch.harne
 """
 
 from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+# Run from a source checkout (``python -m llorch`` in the repository root puts the root on
+# sys.path, so this folder shadows any installed copy), the subpackages live beside this folder,
+# not inside it (setup.py maps them, DECISIONS D2): let the import system find them there too.
+_checkout = Path(__file__).resolve().parent.parent
+if (_checkout / "setup.py").is_file() and (_checkout / "reference" / "__init__.py").is_file():
+    __path__.append(str(_checkout))
 
 try:
     __version__ = version("llorch")
