@@ -63,7 +63,8 @@ def test_same_request_on_two_replicas_is_identical(api: Any, pool_a: dict[str, A
     b = _run(api, {"pin_pool": "pool-a", "pin_replica": r1}, model=pool_a["model"])
     assert (a.replica_id, b.replica_id) == (r0, r1), f"pinning ignored: ran on {a.replica_id}, {b.replica_id}"
     assert a.text.encode() == b.text.encode(), f"[DET-1001] {r0} streamed {a.text!r}, {r1} {b.text!r}"
-    assert a.finish_reason == b.finish_reason, f"[DET-1001] finish_reason {a.finish_reason} vs {b.finish_reason}"
+    assert a.finish_reason == b.finish_reason, (
+        f"[DET-1001] finish_reason {a.finish_reason} vs {b.finish_reason}")
     other = _run(api, {"pin_pool": "pool-a", "pin_replica": r1}, model=pool_a["model"],
                  sampler={**SAMPLER, "seed": 4321})
     assert other.text != a.text, "another seed gave the same text: the comparison could not fail"
@@ -98,6 +99,8 @@ def test_coalescing_does_not_change_the_stream(api: Any, pool_a: dict[str, Any])
         f"live and late readers got the same event boundaries ({len(live.pieces)} token events): "
         "the check could not fail")
     assert late.text.encode() == live.text.encode(), (
-        f"[DET-1004] {len(late.pieces)} token events gave {late.text!r}; {len(live.pieces)} gave {live.text!r}")
+        f"[DET-1004] {len(late.pieces)} token events gave {late.text!r}; "
+        f"{len(live.pieces)} gave {live.text!r}")
     assert (late.tokens_out, late.finish_reason) == (live.tokens_out, live.finish_reason), (
-        f"[DET-1004] end differs: {late.tokens_out}/{late.finish_reason} vs {live.tokens_out}/{live.finish_reason}")
+        f"[DET-1004] end differs: {late.tokens_out}/{late.finish_reason} "
+        f"vs {live.tokens_out}/{live.finish_reason}")

@@ -203,6 +203,20 @@ def sse_response(event_iter: AsyncIterator[ServerSentEvent]) -> EventSourceRespo
                                headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
+def _serve_frozen_openapi(app: FastAPI) -> None:
+    """``GET /openapi.json`` serves the document that ``contracts/openapi/`` freezes (CTR-1020)."""
+    from llorch.reference.server.http.openapi import without_validation_errors
+
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = without_validation_errors(generate())
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
 def create_app(orchestrator: OrchestratorApi, security: SecuritySettings | None = None, *,
                metrics_registry: CollectorRegistry | None = None) -> FastAPI:
     """Build the HTTP gateway; nothing starts until an ASGI server runs it."""
@@ -214,6 +228,7 @@ def create_app(orchestrator: OrchestratorApi, security: SecuritySettings | None 
                               "probes, metrics and OpenAI-compatible routes.",
                   responses=ERROR_RESPONSES)
     app.state.gateway = Gateway(orchestrator, security, metrics_registry)
+    _serve_frozen_openapi(app)
     install_error_handlers(app)
     app.add_middleware(_SubmitCountingBodyLimit, max_body_bytes=security.limits.max_body_bytes,
                        orchestrator=orchestrator)

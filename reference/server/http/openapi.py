@@ -16,12 +16,16 @@ class _NotServing:
 
 
 def openapi_document() -> dict[str, Any]:
-    """The OpenAPI 3.1 document of the HTTP gateway, with FastAPI's 422 entries removed: invalid
-    requests are answered 400 in the error envelope, never 422 (ERR-1023)."""
+    """The OpenAPI 3.1 document of the HTTP gateway, as the running gateway serves it at
+    ``GET /openapi.json`` (CTR-1020)."""
     from llorch.reference.server.http.app import create_app
 
-    app = create_app(cast(OrchestratorApi, _NotServing()))
-    document = app.openapi()
+    return create_app(cast(OrchestratorApi, _NotServing())).openapi()
+
+
+def without_validation_errors(document: dict[str, Any]) -> dict[str, Any]:
+    """FastAPI's document with its 422 entries removed: invalid requests are answered 400 in the
+    error envelope, never 422 (ERR-1023)."""
     for path_item in document.get("paths", {}).values():
         for operation in path_item.values():
             if isinstance(operation, dict):
@@ -32,4 +36,4 @@ def openapi_document() -> dict[str, Any]:
     return document
 
 
-__all__ = ["openapi_document"]
+__all__ = ["openapi_document", "without_validation_errors"]
