@@ -27,7 +27,7 @@ import logging
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
 
 from llorch.reference.adapters.base import GenEnd, GenerateRequest, GenStarted, GenToken
@@ -594,7 +594,8 @@ class Orchestrator:
 
     # ---- events ----------------------------------------------------------------------------------
 
-    async def events(self, task_id: str, identity: Identity, from_seq: int = 0) -> AsyncIterator[TaskEvent]:
+    async def events(self, task_id: str, identity: Identity,
+                     from_seq: int = 0) -> AsyncGenerator[TaskEvent, None]:
         run = self._lookup(task_id)
         if run is None:
             # req: STR-1021
