@@ -147,9 +147,9 @@ def test_target_produces_the_event_messages(pact_dir: Path, api: TenantClient) -
                 events = api.grpc_events(api.grpc_submit(max_tokens=4).task_id)
             for ev in events:
                 cache.setdefault(ev.WhichOneof("kind") or "", ev)
-        ev = cache.get(kind)
-        assert ev is not None, f"the target streamed no {kind!r} event"
-        return {"contents": json.dumps(message_json(ev)).encode(), "metadata": None,
+        found = cache.get(kind)
+        assert found is not None, f"the target streamed no {kind!r} event"
+        return {"contents": json.dumps(message_json(found)).encode(), "metadata": None,
                 "content_type": "application/json"}
 
     kinds = {"a started event": "started", "a token event": "token", "an end event": "end",

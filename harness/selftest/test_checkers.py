@@ -21,8 +21,8 @@ def good_stream(n: int = 3) -> list[Event]:
     return events
 
 
-def ids(events: list[Event], **kw: int) -> set[str]:
-    return {v.req for v in check_task_stream(events, **kw)}
+def ids(events: list[Event], *, from_seq: int = 0) -> set[str]:
+    return {v.req for v in check_task_stream(events, from_seq=from_seq)}
 
 
 @pytest.mark.req("HAR-1500")
