@@ -69,6 +69,10 @@ def skip_if_refused(oai: OpenAIProbe, ex: Exchange, feature: str) -> None:
     if 400 <= ex.status < 500 and is_error_envelope(ex.json_or_none()):
         message = ex.json()["error"]["message"]
         pytest.skip(f"unsupported: {feature} (HTTP {ex.status}: {message[:200]})")
+    oai.check(not 400 <= ex.status < 500,
+              f"{feature} was refused with HTTP {ex.status}, but not in OpenAI's error envelope "
+              '{"error": {"message": str, "type": str, "param": …, "code": …}}, so it is no proper refusal',
+              ex.evidence)
 
 
 def expect_error(oai: OpenAIProbe, ex: Exchange, status: int, what: str) -> dict[str, Any]:

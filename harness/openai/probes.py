@@ -28,6 +28,19 @@ __all__ = [
 
 EXCERPT_BYTES = 600
 _REDACTED = "Bearer <redacted>"
+# How often a request is resent after a pooled connection turned out closed by the server before it
+# answered a byte (one per idle connection the pool may hold is plenty).
+STALE_RETRIES = 2
+_STALE_MESSAGE = "without sending a response"
+
+
+def _stale_connection(exc: httpx.TransportError) -> bool:
+    """The server had closed a kept-alive connection before this request reached it: no byte of an
+    answer came back, so the request was never processed. llama.cpp's ``llama-server`` closes the
+    connection after every streamed answer while announcing ``Keep-Alive``; a pooling client sees the
+    next request on it fail this way. OpenAI's SDK resends it (``max_retries``), and so does the suite,
+    noting it, rather than blaming whichever check happened to send that request."""
+    return isinstance(exc, httpx.RemoteProtocolError) and _STALE_MESSAGE in str(exc)
 
 
 @dataclass
@@ -212,22 +225,44 @@ class OpenAIProbe:
             r = client.get(self.url(path), headers=self.headers())
             return Exchange("GET", self.url(path), b"", r.status_code, dict(r.headers), r.content)
 
+    def _note_stale(self, path: str, exc: httpx.TransportError) -> None:
+        if self._record is not None:
+            self._record("transport_retry", f"POST {path}: resent after {type(exc).__name__}: {exc} "
+                                            "(a kept-alive connection the server had closed unannounced)")
+
+    def _no_answer(self, path: str, payload: bytes, exc: httpx.TransportError) -> NoReturn:
+        """No answer at all: fail with what was sent (never an exception without evidence)."""
+        no_answer = Exchange("POST", self.url(path), payload, 0, {}, b"")
+        self.fail(f"POST {path}: no answer ({type(exc).__name__}: {exc})", no_answer.evidence())
+
+    def _send(self, client: httpx.Client, path: str, payload: bytes, token: str | None, *,
+              stream: bool) -> httpx.Response:
+        """Send one POST; a request lost on a stale kept-alive connection is resent (see
+        :func:`_stale_connection`), any other transport failure fails the check with its evidence."""
+        for attempt in range(STALE_RETRIES + 1):
+            request = client.build_request("POST", self.url(path), content=payload,
+                                           headers=self.headers(token))
+            try:
+                return client.send(request, stream=stream)
+            except httpx.TransportError as exc:
+                if attempt < STALE_RETRIES and _stale_connection(exc):
+                    self._note_stale(path, exc)
+                    continue
+                self._no_answer(path, payload, exc)
+        raise AssertionError("unreachable")  # the loop returns or fails
+
     def post(self, path: str, body: dict[str, Any] | bytes, *, token: str | None = None) -> Exchange:
         """POST a JSON body (or raw bytes, for malformed input) and read the whole answer."""
         payload = body if isinstance(body, bytes) else json.dumps(body).encode()
         with self._session() as client:
-            try:
-                r = client.post(self.url(path), content=payload, headers=self.headers(token))
-            except httpx.TransportError as exc:  # no answer at all: fail with what was sent
-                no_answer = Exchange("POST", self.url(path), payload, 0, {}, b"")
-                self.fail(f"POST {path}: no answer ({type(exc).__name__}: {exc})", no_answer.evidence())
+            r = self._send(client, path, payload, token, stream=False)
             return Exchange("POST", self.url(path), payload, r.status_code, dict(r.headers), r.content)
 
     def stream(self, path: str, body: dict[str, Any]) -> StreamExchange:
         """POST a streaming request and read every byte until the server closes the response."""
         payload = json.dumps(body).encode()
-        with self._session() as client, \
-                client.stream("POST", self.url(path), content=payload, headers=self.headers()) as r:
+        with self._session() as client:
+            r = self._send(client, path, payload, None, stream=True)
             parts: list[bytes] = []
             error = None
             try:
@@ -235,22 +270,37 @@ class OpenAIProbe:
                     parts.append(part)
             except httpx.TransportError as exc:  # the bytes received so far are the evidence
                 error = f"{type(exc).__name__}: {exc}"
+            finally:
+                r.close()
             return _stream_exchange(self.url(path), payload, r.status_code, dict(r.headers), b"".join(parts),
                                     error)
 
     async def astream(self, client: httpx.AsyncClient, path: str, body: dict[str, Any]) -> StreamExchange:
         """The async form of :meth:`stream`, for concurrent streams on one client."""
         payload = json.dumps(body).encode()
-        async with client.stream("POST", self.url(path), content=payload, headers=self.headers()) as r:
-            parts: list[bytes] = []
-            error = None
+        r: httpx.Response | None = None
+        for attempt in range(STALE_RETRIES + 1):
+            request = client.build_request("POST", self.url(path), content=payload, headers=self.headers())
             try:
-                async for part in r.aiter_raw():
-                    parts.append(part)
+                r = await client.send(request, stream=True)
+                break
             except httpx.TransportError as exc:
-                error = f"{type(exc).__name__}: {exc}"
-            return _stream_exchange(self.url(path), payload, r.status_code, dict(r.headers), b"".join(parts),
-                                    error)
+                if attempt < STALE_RETRIES and _stale_connection(exc):
+                    self._note_stale(path, exc)
+                    continue
+                self._no_answer(path, payload, exc)
+        assert r is not None
+        parts: list[bytes] = []
+        error = None
+        try:
+            async for part in r.aiter_raw():
+                parts.append(part)
+        except httpx.TransportError as exc:
+            error = f"{type(exc).__name__}: {exc}"
+        finally:
+            await r.aclose()
+        return _stream_exchange(self.url(path), payload, r.status_code, dict(r.headers), b"".join(parts),
+                                error)
 
     def chat_body(self, content: str, **extra: Any) -> dict[str, Any]:
         return {"model": self.model, "messages": [{"role": "user", "content": content}], **extra}

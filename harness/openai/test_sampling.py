@@ -23,8 +23,11 @@ KINDS: list[Kind] = ["chat", "completions"]
 @pytest.mark.parametrize("kind", KINDS)
 def test_n_choices_or_refused(oai: OpenAIProbe, kind: Kind) -> None:
     ex = oai.post(PATHS[kind], body_of(oai, kind, max_tokens=6, n=2, temperature=1.0))
-    if ex.status == 400 and is_error_envelope(ex.json_or_none()):
-        return  # refusing n > 1 explicitly is allowed; answering fewer choices silently is not
+    if ex.status == 400:  # refusing n > 1 explicitly is allowed; answering fewer choices silently is not
+        oai.check(is_error_envelope(ex.json_or_none()),
+                  "n=2 was refused with HTTP 400, but not in OpenAI's error envelope "
+                  '{"error": {"message": str, "type": str, "param": …, "code": …}}', ex.evidence)
+        return
     body = expect_ok(oai, ex, f"{kind} with n=2")
     choices = body.get("choices")
     indexes = sorted(c.get("index") for c in choices) if isinstance(choices, list) else choices

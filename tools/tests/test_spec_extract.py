@@ -362,6 +362,7 @@ def test_bdd_links_name_the_nodeids_pytest_bdd_collects(pytester: pytest.Pyteste
                       "harness/bdd/test_q.py": BDD_STEPS}.items():
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
         (root / rel).write_text(text.lstrip("\n"))
+    pytester.makeini("[pytest]\n")  # the temp tree is its own rootdir, even inside a checkout
     result = pytester.runpytest_inprocess("--collect-only", "-q", "harness/bdd")
     collected = {line.split("[")[0] for line in result.outlines if "::" in line}
     linked = set(_map(root)["QUE-1001"]["links"]["tests"])
