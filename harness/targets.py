@@ -8,10 +8,9 @@ third party runs is reached the same way, by address.
 
 from __future__ import annotations
 
-import ctypes
+import atexit
 import json
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -66,14 +65,17 @@ def conformance_config() -> Path:
     return resources.contracts_dir() / "conformance" / "orchestrator.yaml"
 
 
-def _die_with_parent() -> None:
-    """Linux: SIGTERM the server when the harness process dies, so a killed run leaves no orphan."""
-    if sys.platform.startswith("linux"):
-        try:
-            libc = ctypes.CDLL("libc.so.6", use_errno=True)
-            libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-        except OSError:
-            pass
+_RUNNING: set[subprocess.Popen[bytes]] = set()
+
+
+@atexit.register
+def _stop_leftovers() -> None:
+    """SIGTERM every server this process started and did not stop, so a run that ends early leaves
+    no orphan. (No ``preexec_fn``: forking a process that has gRPC loaded and running Python code
+    before exec can abort the child inside gRPC's fork handlers.)"""
+    for process in list(_RUNNING):
+        if process.poll() is None:
+            process.terminate()
 
 
 @dataclass
@@ -98,7 +100,8 @@ class ServedProcess:
         stderr = tempfile.TemporaryFile()
         proc_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
         process = subprocess.Popen(argv, stdout=stdout, stderr=stderr, stdin=subprocess.DEVNULL,
-                                   env=proc_env, preexec_fn=_die_with_parent)
+                                   env=proc_env)
+        _RUNNING.add(process)
         served = cls(argv, process, {}, stdout, stderr)
         deadline = time.monotonic() + timeout_s
         while True:
@@ -138,6 +141,7 @@ class ServedProcess:
 
     def stop(self, grace_s: float = 10.0) -> None:
         """SIGTERM, wait for a graceful exit, SIGKILL only if it does not come."""
+        _RUNNING.discard(self.process)
         if self.process.poll() is None:
             self.process.terminate()
             try:
