@@ -128,16 +128,17 @@ class ServedProcess:
             time.sleep(0.05)
 
     def _first_line(self) -> str | None:
-        self._stdout.seek(0)
-        data = self._stdout.read()
-        self._stdout.seek(0, os.SEEK_END)
+        # pread, not seek+read: the child writes through the same open file description, so moving
+        # its offset here would make the child's next write land at the wrong place.
+        data = os.pread(self._stdout.fileno(), 1 << 16, 0)
         if b"\n" not in data:
             return None
         return data.split(b"\n", 1)[0].decode("utf-8", "replace").strip()
 
     def stderr_tail(self, limit: int = 4000) -> str:
-        self._stderr.seek(0)
-        return self._stderr.read().decode("utf-8", "replace")[-limit:]
+        fd = self._stderr.fileno()
+        size = os.fstat(fd).st_size
+        return os.pread(fd, limit, max(0, size - limit)).decode("utf-8", "replace")
 
     def stop(self, grace_s: float = 10.0) -> None:
         """SIGTERM, wait for a graceful exit, SIGKILL only if it does not come."""
